@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: toolchain components, the Python venv that
+# holds the reference implementations (NumPy, scikit-learn, crepes), formatting, lints and
+# every test. Build outputs and the venv live in a cache outside the checkout so that
+# repeated runs (and CI on the same machine) skip the cold build; it also works from nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export EDGECP_CACHE=${EDGECP_CACHE:-$HOME/.cache/edgecp}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$EDGECP_CACHE/target}
+export EDGECP_DATA=${EDGECP_DATA:-$(cd .. && pwd)/shared/data}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "toolchain components"
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+step "Python reference implementations (venv under $CARGO_TARGET_DIR)"
+EDGECP_PYTHON=$(scripts/pyenv.sh)
+export EDGECP_PYTHON
+"$EDGECP_PYTHON" -c 'import numpy, sklearn, crepes; print("numpy", numpy.__version__, "scikit-learn", sklearn.__version__, "crepes ok")' >&2
+
+if [ ! -d "$EDGECP_DATA/gtsrb" ]; then
+  echo "warning: $EDGECP_DATA/gtsrb is missing: tests that read GTSRB will fail and say so (set EDGECP_DATA)" >&2
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace --no-fail-fast "$@"

@@ -1,0 +1,479 @@
+//! Nonconformity measures on embeddings, scored for every class at once.
+//!
+//! For a batch of `n` embeddings a measure writes an `n x C` row-major matrix whose entry
+//! `(i, y)` is `alpha(x_i, y)` (DESIGN.md, "ICP, precisely"):
+//! - nearest centroid: `d(f(x), mu_y) / min_{c != y} d(f(x), mu_c)`;
+//! - k-NN: the number of the k nearest proper-training embeddings whose label is not y
+//!   (nearest = smallest Euclidean distance, ties broken by the lower reference index);
+//! - 1-NN ratio: `d(nearest of class y) / d(nearest of any other class)`.
+//!
+//! Distances are Euclidean. Ratios follow one convention wherever a denominator vanishes:
+//! `0/0 = 1` (equidistant) and `x/0 = +inf` for `x > 0`; a measure never yields NaN.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::distance::{gram, min_key, TopK, QUERY_BLOCK, REF_TILE};
+use super::simd::{self, all_finite, row_squared_norms, squared_distance};
+use super::IcpError;
+
+/// Which nonconformity measure to use (serialisable configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NcmKind {
+    /// `d(x, mu_y) / min_{c != y} d(x, mu_c)` with class centroids `mu`.
+    NearestCentroid,
+    /// Number of the `k` nearest proper-training embeddings whose label differs from y.
+    Knn { k: usize },
+    /// `d(nearest of class y) / d(nearest of any other class)`.
+    NearestNeighbourRatio,
+}
+
+impl NcmKind {
+    /// The reference research code's k-NN measure (k = 40).
+    pub const KNN40: NcmKind = NcmKind::Knn { k: 40 };
+
+    /// Short human-readable name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NcmKind::NearestCentroid => "nearest centroid",
+            NcmKind::Knn { .. } => "k-NN",
+            NcmKind::NearestNeighbourRatio => "1-NN ratio",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Model {
+    Centroids {
+        /// C x dim, row-major.
+        centroids: Vec<f32>,
+    },
+    Knn {
+        k: usize,
+        refs: Vec<f32>,
+        norms: Vec<f32>,
+        labels: Vec<u16>,
+    },
+    NnRatio {
+        /// References grouped by class: class c occupies rows offsets[c]..offsets[c+1].
+        refs: Vec<f32>,
+        norms: Vec<f32>,
+        offsets: Vec<usize>,
+    },
+}
+
+/// A fitted nonconformity measure.
+#[derive(Clone, Debug)]
+pub struct Ncm {
+    kind: NcmKind,
+    dim: usize,
+    n_classes: usize,
+    model: Model,
+}
+
+/// Per-task buffers of the block scorers (allocated once per block task, never per sample).
+pub(crate) struct Scratch {
+    tile: Vec<f32>,
+    keys: Vec<f32>,
+    idx: Vec<u32>,
+    lens: Vec<usize>,
+    mins: Vec<f32>,
+    dist: Vec<f64>,
+    counts: Vec<u32>,
+}
+
+pub(crate) fn check_labels(labels: &[u16], n_classes: usize) -> Result<(), IcpError> {
+    match labels.iter().position(|&l| usize::from(l) >= n_classes) {
+        Some(index) => Err(IcpError::LabelOutOfRange {
+            index,
+            label: labels[index],
+            n_classes,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `num / den` with `0/0 = 1`, `inf/inf = 1` and `x/0 = +inf`.
+#[inline(always)]
+pub fn distance_ratio(num: f64, den: f64) -> f64 {
+    if num == den {
+        1.0
+    } else if den == 0.0 {
+        f64::INFINITY
+    } else {
+        num / den
+    }
+}
+
+/// Writes `out[y] = d[y] / min_{c != y} d[c]` (see [`distance_ratio`]).
+#[inline(always)]
+fn ratio_scores(d: &[f64], out: &mut [f64]) {
+    let (mut i1, mut m1, mut m2) = (0usize, f64::INFINITY, f64::INFINITY);
+    for (c, &v) in d.iter().enumerate() {
+        if v < m1 {
+            m2 = m1;
+            m1 = v;
+            i1 = c;
+        } else if v < m2 {
+            m2 = v;
+        }
+    }
+    for (y, (o, &v)) in out.iter_mut().zip(d).enumerate() {
+        let den = if y == i1 { m2 } else { m1 };
+        *o = distance_ratio(v, den);
+    }
+}
+
+impl Ncm {
+    /// Fits a measure on proper-training embeddings (`labels.len()` rows of `dim` f32).
+    /// Nearest centroid and 1-NN ratio need every class `0..n_classes` to be present.
+    pub fn fit(
+        kind: NcmKind,
+        embeddings: &[f32],
+        labels: &[u16],
+        dim: usize,
+        n_classes: usize,
+    ) -> Result<Self, IcpError> {
+        if n_classes < 2 {
+            return Err(IcpError::TooFewClasses(n_classes));
+        }
+        check_rows("proper-training embeddings", embeddings, dim, labels.len())?;
+        if labels.is_empty() {
+            return Err(IcpError::EmptyTraining);
+        }
+        check_labels(labels, n_classes)?;
+        if !all_finite(embeddings) {
+            return Err(IcpError::NonFinite {
+                what: "proper-training embeddings",
+            });
+        }
+        let mut counts = vec![0usize; n_classes];
+        for &l in labels {
+            counts[usize::from(l)] += 1;
+        }
+        let need_all = !matches!(kind, NcmKind::Knn { .. });
+        if need_all {
+            if let Some(class) = counts.iter().position(|&c| c == 0) {
+                return Err(IcpError::EmptyTrainingClass {
+                    class,
+                    measure: kind.name(),
+                });
+            }
+        }
+        let model = match kind {
+            NcmKind::NearestCentroid => {
+                let mut sums = vec![0.0f64; n_classes * dim];
+                for (row, &l) in embeddings.chunks_exact(dim).zip(labels) {
+                    let s = &mut sums[usize::from(l) * dim..(usize::from(l) + 1) * dim];
+                    for (a, &v) in s.iter_mut().zip(row) {
+                        *a += f64::from(v);
+                    }
+                }
+                let centroids = sums
+                    .chunks_exact(dim)
+                    .zip(&counts)
+                    .flat_map(|(s, &c)| s.iter().map(move |v| (v / c as f64) as f32))
+                    .collect();
+                Model::Centroids { centroids }
+            }
+            NcmKind::Knn { k } => {
+                if k == 0 || k > labels.len() || labels.len() > u32::MAX as usize {
+                    return Err(IcpError::InvalidK {
+                        k,
+                        n_references: labels.len(),
+                    });
+                }
+                Model::Knn {
+                    k,
+                    refs: embeddings.to_vec(),
+                    norms: row_squared_norms(embeddings, dim),
+                    labels: labels.to_vec(),
+                }
+            }
+            NcmKind::NearestNeighbourRatio => {
+                let mut order: Vec<usize> = (0..labels.len()).collect();
+                order.sort_by_key(|&i| labels[i]);
+                let mut refs = Vec::with_capacity(embeddings.len());
+                for &i in &order {
+                    refs.extend_from_slice(&embeddings[i * dim..(i + 1) * dim]);
+                }
+                let mut offsets = vec![0usize; n_classes + 1];
+                for c in 0..n_classes {
+                    offsets[c + 1] = offsets[c] + counts[c];
+                }
+                let norms = row_squared_norms(&refs, dim);
+                Model::NnRatio {
+                    refs,
+                    norms,
+                    offsets,
+                }
+            }
+        };
+        Ok(Ncm {
+            kind,
+            dim,
+            n_classes,
+            model,
+        })
+    }
+
+    /// A nearest-centroid measure from given centroids (`n_classes x dim`, e.g. from a bundle).
+    pub fn from_centroids(centroids: Vec<f32>, dim: usize, n_classes: usize) -> Result<Self, IcpError> {
+        if n_classes < 2 {
+            return Err(IcpError::TooFewClasses(n_classes));
+        }
+        check_rows("centroids", &centroids, dim, n_classes)?;
+        if !all_finite(&centroids) {
+            return Err(IcpError::NonFinite { what: "centroids" });
+        }
+        Ok(Ncm {
+            kind: NcmKind::NearestCentroid,
+            dim,
+            n_classes,
+            model: Model::Centroids { centroids },
+        })
+    }
+
+    pub fn kind(&self) -> NcmKind {
+        self.kind
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn n_classes(&self) -> usize {
+        self.n_classes
+    }
+
+    /// Class centroids (`n_classes x dim`) of a nearest-centroid measure.
+    pub fn centroids(&self) -> Option<&[f32]> {
+        match &self.model {
+            Model::Centroids { centroids } => Some(centroids),
+            _ => None,
+        }
+    }
+
+    /// Reference embeddings and labels of a k-NN measure (in the order given to `fit`).
+    pub fn references(&self) -> Option<(&[f32], &[u16])> {
+        match &self.model {
+            Model::Knn { refs, labels, .. } => Some((refs, labels)),
+            _ => None,
+        }
+    }
+
+    /// Number of rows in `embeddings`, after checking its shape and finiteness.
+    pub(crate) fn check_queries(&self, embeddings: &[f32]) -> Result<usize, IcpError> {
+        if embeddings.len() % self.dim != 0 {
+            return Err(IcpError::Shape {
+                what: "embedding values (a multiple of the embedding dimension)",
+                expected: embeddings.len() / self.dim * self.dim,
+                got: embeddings.len(),
+            });
+        }
+        if !simd::dispatch(
+            #[inline(always)]
+            || all_finite(embeddings),
+        ) {
+            return Err(IcpError::NonFinite { what: "embeddings" });
+        }
+        Ok(embeddings.len() / self.dim)
+    }
+
+    /// Nonconformity scores of every class for every embedding: `n x C`, row-major.
+    pub fn scores(&self, embeddings: &[f32]) -> Result<Vec<f64>, IcpError> {
+        let n = self.check_queries(embeddings)?;
+        let mut out = vec![0.0; n * self.n_classes];
+        self.scores_unchecked(embeddings, &mut out);
+        Ok(out)
+    }
+
+    /// As [`Ncm::scores`], into a caller's buffer of `n x C` values.
+    pub fn scores_into(&self, embeddings: &[f32], out: &mut [f64]) -> Result<(), IcpError> {
+        let n = self.check_queries(embeddings)?;
+        if out.len() != n * self.n_classes {
+            return Err(IcpError::Shape {
+                what: "score buffer (rows x classes)",
+                expected: n * self.n_classes,
+                got: out.len(),
+            });
+        }
+        self.scores_unchecked(embeddings, out);
+        Ok(())
+    }
+
+    /// `alpha(x_i, y_i)` for labelled examples, e.g. the calibration scores.
+    pub fn label_scores(&self, embeddings: &[f32], labels: &[u16]) -> Result<Vec<f64>, IcpError> {
+        let n = self.check_queries(embeddings)?;
+        if n != labels.len() {
+            return Err(IcpError::Shape {
+                what: "labels (one per embedding)",
+                expected: n,
+                got: labels.len(),
+            });
+        }
+        check_labels(labels, self.n_classes)?;
+        let all = {
+            let mut out = vec![0.0; n * self.n_classes];
+            self.scores_unchecked(embeddings, &mut out);
+            out
+        };
+        Ok(all
+            .chunks_exact(self.n_classes)
+            .zip(labels)
+            .map(|(row, &l)| row[usize::from(l)])
+            .collect())
+    }
+
+    fn scores_unchecked(&self, embeddings: &[f32], out: &mut [f64]) {
+        let bq = QUERY_BLOCK;
+        if embeddings.len() <= bq * self.dim {
+            let mut s = self.scratch();
+            self.score_block(embeddings, out, &mut s);
+            return;
+        }
+        embeddings
+            .par_chunks(bq * self.dim)
+            .zip(out.par_chunks_mut(bq * self.n_classes))
+            .for_each_init(
+                || self.scratch(),
+                |s, (q, o)| self.score_block(q, o, s),
+            );
+    }
+
+    pub(crate) fn scratch(&self) -> Scratch {
+        let c = self.n_classes;
+        let (tile, k) = match &self.model {
+            Model::Centroids { .. } => (0, 0),
+            Model::Knn { k, .. } => (QUERY_BLOCK * REF_TILE, *k),
+            Model::NnRatio { .. } => (QUERY_BLOCK * REF_TILE, 0),
+        };
+        Scratch {
+            tile: vec![0.0; tile],
+            keys: vec![0.0; QUERY_BLOCK * k],
+            idx: vec![0; QUERY_BLOCK * k],
+            lens: vec![0; QUERY_BLOCK],
+            mins: vec![0.0; if tile > 0 { QUERY_BLOCK * c } else { 0 }],
+            dist: vec![0.0; c],
+            counts: vec![0; c],
+        }
+    }
+
+    /// Scores at most [`QUERY_BLOCK`] embeddings (`q`, already checked) into `out` (m x C).
+    pub(crate) fn score_block(&self, q: &[f32], out: &mut [f64], s: &mut Scratch) {
+        simd::dispatch(
+            #[inline(always)]
+            || self.score_block_inner(q, out, s),
+        )
+    }
+
+    #[inline(always)]
+    fn score_block_inner(&self, q: &[f32], out: &mut [f64], s: &mut Scratch) {
+        let dim = self.dim;
+        let c = self.n_classes;
+        let m = q.len() / dim;
+        debug_assert!(m <= QUERY_BLOCK && out.len() == m * c);
+        match &self.model {
+            Model::Centroids { centroids } => {
+                for (x, o) in q.chunks_exact(dim).zip(out.chunks_exact_mut(c)) {
+                    for (d, mu) in s.dist.iter_mut().zip(centroids.chunks_exact(dim)) {
+                        *d = f64::from(squared_distance(x, mu)).sqrt();
+                    }
+                    ratio_scores(&s.dist, o);
+                }
+            }
+            Model::Knn {
+                k,
+                refs,
+                norms,
+                labels,
+            } => {
+                let k = *k;
+                s.lens[..m].fill(0);
+                let n_refs = norms.len();
+                let mut start = 0;
+                while start < n_refs {
+                    let end = (start + REF_TILE).min(n_refs);
+                    let nb = end - start;
+                    gram(q, &refs[start * dim..end * dim], dim, &mut s.tile);
+                    for i in 0..m {
+                        let mut top = TopK {
+                            keys: &mut s.keys[i * k..(i + 1) * k],
+                            idx: &mut s.idx[i * k..(i + 1) * k],
+                            len: &mut s.lens[i],
+                        };
+                        top.scan(&s.tile[i * nb..(i + 1) * nb], &norms[start..end], start as u32);
+                    }
+                    start = end;
+                }
+                for (i, o) in out.chunks_exact_mut(c).enumerate() {
+                    s.counts.fill(0);
+                    for &r in &s.idx[i * k..(i + 1) * k] {
+                        s.counts[usize::from(labels[r as usize])] += 1;
+                    }
+                    for (v, &cnt) in o.iter_mut().zip(&s.counts) {
+                        *v = (k - cnt as usize) as f64;
+                    }
+                }
+            }
+            Model::NnRatio {
+                refs,
+                norms,
+                offsets,
+            } => {
+                s.mins[..m * c].fill(f32::INFINITY);
+                let n_refs = norms.len();
+                let mut start = 0;
+                while start < n_refs {
+                    let end = (start + REF_TILE).min(n_refs);
+                    let nb = end - start;
+                    gram(q, &refs[start * dim..end * dim], dim, &mut s.tile);
+                    // classes whose rows intersect [start, end)
+                    let mut cls = offsets.partition_point(|&o| o <= start) - 1;
+                    while cls < c && offsets[cls] < end {
+                        let a = offsets[cls].max(start);
+                        let b = offsets[cls + 1].min(end);
+                        if a < b {
+                            for i in 0..m {
+                                let row = &s.tile[i * nb + (a - start)..i * nb + (b - start)];
+                                let v = min_key(row, &norms[a..b]);
+                                let slot = &mut s.mins[i * c + cls];
+                                if v < *slot {
+                                    *slot = v;
+                                }
+                            }
+                        }
+                        cls += 1;
+                    }
+                    start = end;
+                }
+                for (i, (x, o)) in q.chunks_exact(dim).zip(out.chunks_exact_mut(c)).enumerate() {
+                    let qn: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                    for (d, &mk) in s.dist.iter_mut().zip(&s.mins[i * c..(i + 1) * c]) {
+                        *d = (qn + f64::from(mk)).max(0.0).sqrt();
+                    }
+                    ratio_scores(&s.dist, o);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn check_rows(what: &'static str, x: &[f32], dim: usize, rows: usize) -> Result<(), IcpError> {
+    if dim == 0 {
+        return Err(IcpError::Shape {
+            what: "embedding dimension (must be positive)",
+            expected: 1,
+            got: 0,
+        });
+    }
+    if x.len() != rows * dim {
+        return Err(IcpError::Shape {
+            what,
+            expected: rows * dim,
+            got: x.len(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The common language of the three programs (`trainer`, `exporter`, `edge-agent`):
+//! dataset sources and shards, inductive conformal prediction, embedding-quality metrics.
+
+pub mod data;
+pub mod icp;
+pub mod image;
+pub mod progress;
+pub mod silhouette;
+pub mod store;
