@@ -15,6 +15,12 @@
 //!
 //! The output is a pure function of the [`SyntheticSpec`]: every track draws from its own RNG
 //! seeded from `(seed, class, track)`, so the bytes do not depend on the number of threads.
+//! (Byte identity holds for one build of this module on one platform: changes to the
+//! renderer, or a libm with different `sin`/`powf` rounding, change the pixels.)
+//!
+//! Difficulty, for orientation: a nearest-class-mean classifier on raw pixels of held-out
+//! tracks gets about 20-30 % (chance is 2.3 %), on per-image standardised pixels about 35 %;
+//! the red warning triangles, which differ only in a small glyph, are the hardest classes.
 
 use std::collections::HashMap;
 use std::f32::consts::{FRAC_PI_2, PI};
@@ -252,6 +258,17 @@ fn smoothstep(e0: f32, e1: f32, x: f32) -> f32 {
     t * t * (3.0 - 2.0 * t)
 }
 
+/// `floor` as an integer without a libm call (the baseline x86-64 target has no `roundss`).
+#[inline]
+fn fast_floor(x: f32) -> isize {
+    let i = x as isize;
+    if (i as f32) > x {
+        i - 1
+    } else {
+        i
+    }
+}
+
 fn seg_dist2(p: P, a: P, b: P) -> f32 {
     let (abx, aby) = (b[0] - a[0], b[1] - a[1]);
     let (apx, apy) = (p[0] - a[0], p[1] - a[1]);
@@ -466,9 +483,9 @@ impl Design {
         self.poly(t, &[a, [b[0], a[1]], b, [a[0], b[1]]], col);
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// A regular polygon with circumradius `r` (first vertex at angle `a0`), corners rounded
     /// by `round`.
+    #[allow(clippy::too_many_arguments)]
     fn regular(&mut self, t: Tf, n: usize, c: P, r: f32, a0: f32, round: f32, col: C) {
         let inradius = r * (PI / n as f32).cos();
         let k = 1.0 - round / inradius;
@@ -574,10 +591,10 @@ fn plate_warning(d: &mut Design) -> Tf {
     let up = -FRAC_PI_2;
     d.regular(Tf::ID, 3, c, 1.15, up, 0.10, RIM);
     d.regular(Tf::ID, 3, c, 1.08, up, 0.09, RED);
-    d.regular(Tf::ID, 3, c, 0.72, up, 0.04, WHITE);
+    d.regular(Tf::ID, 3, c, 0.74, up, 0.04, WHITE);
     Tf {
-        c: [0.0, 0.22],
-        s: 0.34,
+        c: [0.0, 0.19],
+        s: 0.37,
         flip: false,
     }
 }
@@ -636,9 +653,9 @@ const SEGMENTS: [([f32; 2], [f32; 2]); 7] = [
     ([0.0, 1.0], [1.0, 1.0]), // g
 ];
 
-#[allow(clippy::too_many_arguments)]
 /// 7-segment-like text (digits and the letters of STOP), centred on the frame's origin.
 /// `w`, `h`: cell size, `gap` between cells, `hw` stroke half width.
+#[allow(clippy::too_many_arguments)]
 fn text(d: &mut Design, t: Tf, s: &str, w: f32, h: f32, gap: f32, hw: f32, col: C) {
     let n = s.chars().count() as f32;
     let total = n * w + (n - 1.0) * gap;
@@ -1034,9 +1051,8 @@ impl Level {
     fn sample(&self, tx: f32, ty: f32) -> [f32; 4] {
         let x = tx - 0.5;
         let y = ty - 0.5;
-        let (xf, yf) = (x.floor(), y.floor());
-        let (fx, fy) = (x - xf, y - yf);
-        let (x0, y0) = (xf as isize, yf as isize);
+        let (x0, y0) = (fast_floor(x), fast_floor(y));
+        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
         let n = self.n as isize;
         let get = |i: isize, j: isize| -> [f32; 4] {
             if i < 0 || j < 0 || i >= n || j >= n {
@@ -1135,7 +1151,12 @@ fn texture_size(side: usize) -> usize {
     need.next_power_of_two().clamp(64, 512)
 }
 
-/// The textures of all classes at level-0 size `n`, rendered once per process.
+/// Largest level-0 texture size kept in the process-wide cache (about 15 MB for all
+/// classes); larger ones are rendered per call.
+const MAX_CACHED_TEXTURE: usize = 128;
+
+/// The textures of all classes at level-0 size `n` (rendered once per process for small
+/// sizes).
 fn textures(n: usize) -> Arc<Vec<Texture>> {
     static CACHE: OnceLock<Mutex<HashMap<usize, Arc<Vec<Texture>>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -1148,6 +1169,9 @@ fn textures(n: usize) -> Arc<Vec<Texture>> {
             .map(|c| Texture::render(&design(c), n))
             .collect(),
     );
+    if n > MAX_CACHED_TEXTURE {
+        return t;
+    }
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1787,6 +1811,8 @@ struct FrameParams<'a> {
     motion: Option<(f32, f32)>,
 }
 
+/// Renders one frame: background, sign (2x2 supersampled), occluder; then camera blur,
+/// motion blur, lighting, sensor noise and quantisation into `out`.
 #[allow(clippy::too_many_arguments)]
 fn render_frame(
     side: usize,
@@ -1906,7 +1932,8 @@ fn render_frame(
                 let g = lerp(lut[j], lut[j + 1], fi - j as f32);
                 let v =
                     (g - 0.5) * look.contrast + 0.5 + look.brightness + look.noise * noise.next();
-                out[i + k] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                // round half up; `as` saturates (NaN -> 0)
+                out[i + k] = (v * 255.0 + 0.5) as u8;
             }
         }
     }
@@ -2015,25 +2042,6 @@ mod tests {
 
     fn gen(s: &SyntheticSpec) -> ImageSet {
         generate(s, &()).expect("valid spec")
-    }
-
-    /// Mean image (f32, 0..255) of every class over the images `keep` accepts.
-    fn class_means(set: &ImageSet, keep: impl Fn(usize) -> bool) -> Vec<Vec<f32>> {
-        let n = set.image_len();
-        let mut sums = vec![vec![0.0f32; n]; NUM_CLASSES];
-        let mut counts = vec![0usize; NUM_CLASSES];
-        for i in (0..set.len()).filter(|&i| keep(i)) {
-            let c = set.labels[i] as usize;
-            counts[c] += 1;
-            for (s, &p) in sums[c].iter_mut().zip(set.image(i)) {
-                *s += p as f32;
-            }
-        }
-        for (s, &k) in sums.iter_mut().zip(&counts) {
-            assert!(k > 0, "class without images");
-            s.iter_mut().for_each(|v| *v /= k as f32);
-        }
-        sums
     }
 
     fn rms(a: &[f32], b: &[f32]) -> f32 {
@@ -2305,8 +2313,8 @@ mod tests {
     /// 50, like GTSRB's 30 vs 80) may be confused.
     #[test]
     fn class_means_are_distinct() {
-        let a = gen(&spec(32, 30, 1, 100));
-        let b = gen(&spec(32, 30, 1, 200));
+        let a = gen(&spec(32, 60, 1, 100));
+        let b = gen(&spec(32, 60, 1, 200));
         let raw =
             |set: &ImageSet| means_of(set, |i| set.image(i).iter().map(|&v| v as f32).collect());
         let (closest, _) = compare_means(&raw(&a), &raw(&b));
@@ -2322,7 +2330,7 @@ mod tests {
             closest.0 > 5.0,
             "classes {closest:?} too similar on average"
         );
-        assert!(confused.len() <= 4, "class means confused: {confused:?}");
+        assert!(confused.len() <= 2, "class means confused: {confused:?}");
     }
 
     /// Nearest-class-mean accuracy on the held-out tracks (`track >= train_tracks`), with
@@ -2441,12 +2449,13 @@ mod tests {
         assert!((c[0] - 0.52).abs() < 1e-6 && (c[1] - 0.47).abs() < 1e-6);
     }
 
-    /// Writes preview grids as PPM (convert them to PNG to look at them):
-    /// `SYNTH_PREVIEW=/tmp/synth cargo test -p shared --lib data::synthetic -- --ignored`.
+    /// Writes preview grids as PPM, to a temporary folder, or to `$SYNTH_PREVIEW` to look
+    /// at them: `SYNTH_PREVIEW=/tmp/synth cargo test -p shared --lib write_previews`.
     #[test]
-    #[ignore = "writes preview images"]
     fn write_previews() {
-        let dir = std::env::var("SYNTH_PREVIEW").unwrap_or_else(|_| "/tmp/synth".into());
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir =
+            std::env::var("SYNTH_PREVIEW").unwrap_or_else(|_| tmp.path().display().to_string());
         std::fs::create_dir_all(&dir).expect("preview dir");
         let zoom = 4;
         // 1. clean designs, level 0 over grey, 8 per row
@@ -2478,6 +2487,15 @@ mod tests {
             })
             .collect();
         write_grid(&format!("{dir}/tracks.ppm"), &tracks, 32, 6, zoom);
+        // 4. one frame per class at 64x64
+        let big = gen(&spec(64, 1, 1, 42));
+        let imgs: Vec<Vec<u8>> = (0..big.len()).map(|i| big.image(i).to_vec()).collect();
+        write_grid(&format!("{dir}/classes64.ppm"), &imgs, 64, 9, 2);
+        // Each grid reads back as a valid PPM of the expected size.
+        let grid = crate::data::ppm::read_ppm(std::path::Path::new(&format!("{dir}/classes.ppm")))
+            .expect("preview is a valid PPM");
+        assert_eq!(grid.width, 12 * (32 * zoom + 2));
+        assert_eq!(grid.height, NUM_CLASSES.div_ceil(2) * (32 * zoom + 2));
     }
 
     fn write_grid(path: &str, imgs: &[Vec<u8>], side: usize, cols: usize, zoom: usize) {
@@ -2498,30 +2516,5 @@ mod tests {
         let mut out = format!("P6\n{w} {h}\n255\n").into_bytes();
         out.extend_from_slice(&buf);
         std::fs::write(path, out).expect("write preview");
-    }
-
-    /// Generation time of the demo-sized set (43 x 10 x 10 at 32x32); run in release:
-    /// `cargo test --release -p shared --lib data::synthetic::tests::timing -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "timing"]
-    fn timing() {
-        let s = SyntheticSpec::default();
-        let t0 = std::time::Instant::now();
-        let _ = textures(texture_size(s.side));
-        eprintln!(
-            "43 textures of {0}x{0} in {1:?}",
-            texture_size(s.side),
-            t0.elapsed()
-        );
-        let t0 = std::time::Instant::now();
-        let set = gen(&s);
-        eprintln!(
-            "{} images {}x{} in {:?} ({} threads)",
-            set.len(),
-            s.side,
-            s.side,
-            t0.elapsed(),
-            rayon::current_num_threads()
-        );
     }
 }

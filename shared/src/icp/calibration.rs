@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 use super::ncm::check_labels;
 use super::IcpError;
 
-/// Classes whose binary searches run in lockstep.
-pub(crate) const SEARCH_LANES: usize = 8;
-
 /// How p-values are computed from the calibration scores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -62,9 +59,10 @@ pub struct Calibration {
     offsets: Vec<usize>,
 }
 
-/// First index whose value is `>= x` (`s` ascending). Branch-free.
+/// Branch-free binary search: the number of leading elements of ascending `s` that are
+/// `< x` (`UPPER`: `<= x`).
 #[inline(always)]
-fn lower_bound(s: &[f64], x: f64) -> usize {
+fn rank_bsearch<const UPPER: bool>(s: &[f64], x: f64) -> usize {
     let mut size = s.len();
     if size == 0 {
         return 0;
@@ -73,28 +71,49 @@ fn lower_bound(s: &[f64], x: f64) -> usize {
     while size > 1 {
         let half = size / 2;
         let mid = base + half;
-        // SAFETY-free indexing: mid < base + size <= len
-        base = if s[mid] < x { mid } else { base };
+        let go = if UPPER { s[mid] <= x } else { s[mid] < x };
+        base = if go { mid } else { base };
         size -= half;
     }
-    base + usize::from(s[base] < x)
+    let go = if UPPER { s[base] <= x } else { s[base] < x };
+    base + usize::from(go)
 }
 
-/// First index whose value is `> x` (`s` ascending). Branch-free.
+/// Probes from the top before the binary search: most test scores of the wrong classes lie
+/// above (nearly) all calibration scores, where 1 to [`GALLOP`] comparisons suffice.
+const GALLOP: usize = 8;
+
+/// The number of elements of ascending `s` that are `< x` (`UPPER`: `<= x`).
+#[inline(always)]
+fn rank<const UPPER: bool>(s: &[f64], x: f64) -> usize {
+    // invariant: every element of s[hi..] fails the test (is >= x, or > x for UPPER)
+    let mut hi = s.len();
+    let mut step = 1;
+    for _ in 0..GALLOP {
+        if hi == 0 {
+            return 0;
+        }
+        let probe = hi.saturating_sub(step);
+        let below = if UPPER { s[probe] <= x } else { s[probe] < x };
+        if below {
+            return probe + 1 + rank_bsearch::<UPPER>(&s[probe + 1..hi], x);
+        }
+        hi = probe;
+        step <<= 1;
+    }
+    rank_bsearch::<UPPER>(&s[..hi], x)
+}
+
+/// First index whose value is `>= x` (`s` ascending).
+#[inline(always)]
+fn lower_bound(s: &[f64], x: f64) -> usize {
+    rank::<false>(s, x)
+}
+
+/// First index whose value is `> x` (`s` ascending).
 #[inline(always)]
 fn upper_bound(s: &[f64], x: f64) -> usize {
-    let mut size = s.len();
-    if size == 0 {
-        return 0;
-    }
-    let mut base = 0usize;
-    while size > 1 {
-        let half = size / 2;
-        let mid = base + half;
-        base = if s[mid] <= x { mid } else { base };
-        size -= half;
-    }
-    base + usize::from(s[base] <= x)
+    rank::<true>(s, x)
 }
 
 /// The taus of one test sample: `out[y]` for class y, from ChaCha8 seeded with `seed`,
@@ -245,83 +264,21 @@ impl Calibration {
         }
     }
 
-    /// For up to [`SEARCH_LANES`] classes `first..first + alphas.len()`: the number of
-    /// calibration scores of each class below `alphas[l]` (`UPPER`: at most `alphas[l]`).
-    /// Branch-free binary searches run in lockstep, so their memory latencies overlap.
-    #[inline(always)]
-    fn ranks<const UPPER: bool>(&self, first: usize, alphas: &[f64]) -> [usize; SEARCH_LANES] {
-        let m = alphas.len();
-        debug_assert!(m <= SEARCH_LANES);
-        let mut base = [0usize; SEARCH_LANES];
-        let mut size = [1usize; SEARCH_LANES];
-        let mut start = [0usize; SEARCH_LANES];
-        let mut x = [f64::NEG_INFINITY; SEARCH_LANES];
-        for l in 0..m {
-            let (a, b) = if self.mondrian {
-                (self.offsets[first + l], self.offsets[first + l + 1])
-            } else {
-                (0, self.sorted.len())
-            };
-            start[l] = a;
-            base[l] = a;
-            size[l] = b - a; // >= 1: empty calibration sets are rejected at construction
-            x[l] = alphas[l];
-        }
-        let s = &self.sorted[..];
-        let mut longest = size.iter().copied().max().unwrap_or(1);
-        while longest > 1 {
-            for l in 0..SEARCH_LANES {
-                let half = size[l] / 2;
-                let mid = base[l] + half;
-                let v = s[mid];
-                let go = if UPPER { v <= x[l] } else { v < x[l] };
-                base[l] = if go { mid } else { base[l] };
-                size[l] -= half;
-            }
-            longest -= longest / 2;
-        }
-        let mut out = [0usize; SEARCH_LANES];
-        for l in 0..SEARCH_LANES {
-            let v = s[base[l]];
-            let go = if UPPER { v <= x[l] } else { v < x[l] };
-            out[l] = base[l] + usize::from(go) - start[l];
-        }
-        out
-    }
-
     /// p-values of one sample's score row (C values) into `out`; `taus` (C values) only
-    /// for smoothed p-values. Same values as [`Calibration::p_value`] per class.
+    /// for smoothed p-values.
     #[inline(always)]
     pub(crate) fn p_row(&self, scores: &[f64], mode: PValueMode, taus: &[f64], out: &mut [f64]) {
-        let c = scores.len();
-        let mut first = 0;
-        while first < c {
-            let m = (c - first).min(SEARCH_LANES);
-            let a = &scores[first..first + m];
-            let lo = self.ranks::<false>(first, a);
-            let o = &mut out[first..first + m];
-            match mode {
-                PValueMode::Standard => {
-                    for l in 0..m {
-                        let n = self.scores_for(first + l).len();
-                        o[l] = (n - lo[l] + 1) as f64 / (n + 1) as f64;
-                    }
-                }
-                PValueMode::ReferenceCount => {
-                    for l in 0..m {
-                        let n = self.scores_for(first + l).len();
-                        o[l] = (n - lo[l]) as f64 / n as f64;
-                    }
-                }
-                PValueMode::Smoothed { .. } => {
-                    let hi = self.ranks::<true>(first, a);
-                    for l in 0..m {
-                        let n = self.scores_for(first + l).len();
-                        o[l] = smoothed(n - hi[l], hi[l] - lo[l], n, taus[first + l]);
-                    }
+        match mode {
+            PValueMode::Smoothed { .. } => {
+                for (y, ((o, &a), &t)) in out.iter_mut().zip(scores).zip(taus).enumerate() {
+                    *o = self.p_value(y, a, mode, t);
                 }
             }
-            first += m;
+            _ => {
+                for (y, (o, &a)) in out.iter_mut().zip(scores).enumerate() {
+                    *o = self.p_value(y, a, mode, 0.0);
+                }
+            }
         }
     }
 
@@ -406,6 +363,21 @@ mod tests {
         for x in [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 6.0, f64::INFINITY] {
             assert_eq!(lower_bound(&s, x), s.iter().filter(|&&v| v < x).count(), "lb {x}");
             assert_eq!(upper_bound(&s, x), s.iter().filter(|&&v| v <= x).count(), "ub {x}");
+        }
+        // long arrays with runs of ties: every position of the gallop and the fallback
+        let mut long: Vec<f64> = (0..1000).map(|i| (i / 7) as f64).collect();
+        long.extend(std::iter::repeat_n(500.0, 300));
+        for x in (-2..=520).map(|v| v as f64 * 0.5) {
+            assert_eq!(lower_bound(&long, x), long.iter().filter(|&&v| v < x).count(), "lb {x}");
+            assert_eq!(upper_bound(&long, x), long.iter().filter(|&&v| v <= x).count(), "ub {x}");
+        }
+        for n in 0..40 {
+            let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+            for x in -1..=n + 1 {
+                let x = x as f64;
+                assert_eq!(lower_bound(&v, x), v.iter().filter(|&&e| e < x).count());
+                assert_eq!(upper_bound(&v, x), v.iter().filter(|&&e| e <= x).count());
+            }
         }
         assert_eq!(lower_bound(&[], 1.0), 0);
         assert_eq!(upper_bound(&[], 1.0), 0);

@@ -127,9 +127,19 @@ pub struct Prediction {
     pub confidence: f64,
 }
 
+/// Buffers of one block task: the scorer's scratch, taus, a copy of a score row.
+#[derive(Clone, Debug, Default)]
+struct Work {
+    scratch: ncm::Scratch,
+    taus: Vec<f64>,
+    alpha: Vec<f64>,
+}
+
 /// Conformal predictions of a batch at one significance level.
 #[derive(Clone, Debug, Default)]
 pub struct Predictions {
+    /// kept between `predict_into` calls on small batches (no allocation per call)
+    work: Option<Box<Work>>,
     n_classes: usize,
     epsilon: f64,
     words: usize,
@@ -302,14 +312,14 @@ impl IcpPredictor {
         let first = self.next_sample.fetch_add(n as u64, Ordering::Relaxed);
         let dim = self.ncm.dim();
         let w = out.words;
-        let block = |scratch: &mut (ncm::Scratch, Vec<f64>, Vec<f64>),
+        let block = |work: &mut Work,
                      b: usize,
                      q: &[f32],
                      pv: &mut [f64],
                      cred: &mut [f64],
                      conf: &mut [f64],
                      sets: &mut [u64]| {
-            let (s, taus, alpha) = scratch;
+            let Work { scratch: s, taus, alpha } = work;
             self.ncm.score_block(q, pv, s);
             let first_row = first + (b * QUERY_BLOCK) as u64;
             for (i, (((row, cr), cf), set)) in pv
@@ -325,11 +335,18 @@ impl IcpPredictor {
                 self.finish_row(row, alpha, taus, epsilon, cr, cf, set);
             }
         };
-        let new_scratch = || (self.ncm.scratch(), vec![0.0f64; c], vec![0.0f64; c]);
+        let new_work = || Work {
+            scratch: self.ncm.scratch(),
+            taus: vec![0.0f64; c],
+            alpha: vec![0.0f64; c],
+        };
         if n <= QUERY_BLOCK {
-            let mut s = new_scratch();
+            let mut work = match out.work.take() {
+                Some(w) if w.taus.len() == c && self.ncm.scratch_fits(&w.scratch) => w,
+                _ => Box::new(new_work()),
+            };
             block(
-                &mut s,
+                &mut work,
                 0,
                 embeddings,
                 &mut out.p_values,
@@ -337,6 +354,7 @@ impl IcpPredictor {
                 &mut out.confidence,
                 &mut out.sets,
             );
+            out.work = Some(work);
         } else {
             embeddings
                 .par_chunks(QUERY_BLOCK * dim)
@@ -345,7 +363,7 @@ impl IcpPredictor {
                 .zip(out.confidence.par_chunks_mut(QUERY_BLOCK))
                 .zip(out.sets.par_chunks_mut(QUERY_BLOCK * w))
                 .enumerate()
-                .for_each_init(new_scratch, |s, (b, ((((q, pv), cred), conf), sets))| {
+                .for_each_init(new_work, |s, (b, ((((q, pv), cred), conf), sets))| {
                     block(s, b, q, pv, cred, conf, sets)
                 });
         }

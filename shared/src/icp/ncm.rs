@@ -73,6 +73,7 @@ pub struct Ncm {
 }
 
 /// Per-task buffers of the block scorers (allocated once per block task, never per sample).
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Scratch {
     tile: Vec<f32>,
     keys: Vec<f32>,
@@ -94,15 +95,16 @@ pub(crate) fn check_labels(labels: &[u16], n_classes: usize) -> Result<(), IcpEr
     }
 }
 
-/// `num / den` with `0/0 = 1`, `inf/inf = 1` and `x/0 = +inf`.
+/// `num / den` with `0/0 = 1`, `inf/inf = 1` and `x/0 = +inf` (for `num, den >= 0`).
 #[inline(always)]
 pub fn distance_ratio(num: f64, den: f64) -> f64 {
+    // select form (no branches) so that loops over classes vectorise; x/0 = +inf for
+    // x > 0 already holds in IEEE arithmetic
+    let q = num / den;
     if num == den {
         1.0
-    } else if den == 0.0 {
-        f64::INFINITY
     } else {
-        num / den
+        q
     }
 }
 
@@ -119,10 +121,10 @@ fn ratio_scores(d: &[f64], out: &mut [f64]) {
             m2 = v;
         }
     }
-    for (y, (o, &v)) in out.iter_mut().zip(d).enumerate() {
-        let den = if y == i1 { m2 } else { m1 };
-        *o = distance_ratio(v, den);
+    for (o, &v) in out.iter_mut().zip(d) {
+        *o = distance_ratio(v, m1);
     }
+    out[i1] = distance_ratio(d[i1], m2);
 }
 
 impl Ncm {
@@ -353,10 +355,34 @@ impl Ncm {
             tile: vec![0.0; tile],
             keys: vec![0.0; QUERY_BLOCK * k],
             idx: vec![0; QUERY_BLOCK * k],
-            lens: vec![0; QUERY_BLOCK],
+            lens: vec![0; if k > 0 { QUERY_BLOCK } else { 0 }],
             mins: vec![0.0; if tile > 0 { QUERY_BLOCK * c } else { 0 }],
             dist: vec![0.0; c],
             counts: vec![0; c],
+        }
+    }
+
+    /// Whether `s` (e.g. kept from an earlier call) has the shape [`Ncm::scratch`] makes.
+    pub(crate) fn scratch_fits(&self, s: &Scratch) -> bool {
+        let want = self.scratch_shape();
+        let have = (s.tile.len(), s.keys.len(), s.idx.len(), s.lens.len(), s.mins.len(), s.dist.len(), s.counts.len());
+        want == have
+    }
+
+    fn scratch_shape(&self) -> (usize, usize, usize, usize, usize, usize, usize) {
+        let c = self.n_classes;
+        match &self.model {
+            Model::Centroids { .. } => (0, 0, 0, 0, 0, c, c),
+            Model::Knn { k, .. } => (
+                QUERY_BLOCK * REF_TILE,
+                QUERY_BLOCK * k,
+                QUERY_BLOCK * k,
+                QUERY_BLOCK,
+                QUERY_BLOCK * c,
+                c,
+                c,
+            ),
+            Model::NnRatio { .. } => (QUERY_BLOCK * REF_TILE, 0, 0, 0, QUERY_BLOCK * c, c, c),
         }
     }
 
@@ -378,7 +404,11 @@ impl Ncm {
             Model::Centroids { centroids } => {
                 for (x, o) in q.chunks_exact(dim).zip(out.chunks_exact_mut(c)) {
                     for (d, mu) in s.dist.iter_mut().zip(centroids.chunks_exact(dim)) {
-                        *d = f64::from(squared_distance(x, mu)).sqrt();
+                        *d = f64::from(squared_distance(x, mu));
+                    }
+                    // separate pass: vectorised square roots
+                    for d in s.dist.iter_mut() {
+                        *d = d.sqrt();
                     }
                     ratio_scores(&s.dist, o);
                 }
