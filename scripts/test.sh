@@ -33,5 +33,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo build --bins (the end-to-end tests in tests/ drive these binaries)"
+cargo build --workspace --bins
+
 step "cargo test"
 cargo test --workspace --no-fail-fast "$@"

@@ -23,6 +23,8 @@ use crate::icp::simd::{self, all_finite};
 
 /// Side of the square distance tiles.
 const TILE: usize = 256;
+/// Upper bound on the memory of the per-thread accumulator tables.
+const ACCUMULATOR_BUDGET: usize = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SilhouetteError {
@@ -34,7 +36,9 @@ pub enum SilhouetteError {
     },
     #[error("the silhouette needs at least 2 clusters, got {0}")]
     TooFewClusters(usize),
-    #[error("the silhouette needs fewer clusters than samples (at most n - 1 = {max}), got {clusters}")]
+    #[error(
+        "the silhouette needs fewer clusters than samples (at most n - 1 = {max}), got {clusters}"
+    )]
     TooManyClusters { clusters: usize, max: usize },
     #[error("the embeddings contain a non-finite value (NaN or infinity)")]
     NonFinite,
@@ -65,7 +69,11 @@ pub fn silhouette_score(x: &[f32], dim: usize, labels: &[u16]) -> Result<f64, Si
 }
 
 /// Per-sample silhouette values (scikit-learn's `silhouette_samples`).
-pub fn silhouette_samples(x: &[f32], dim: usize, labels: &[u16]) -> Result<Vec<f64>, SilhouetteError> {
+pub fn silhouette_samples(
+    x: &[f32],
+    dim: usize,
+    labels: &[u16],
+) -> Result<Vec<f64>, SilhouetteError> {
     Ok(silhouette(x, dim, labels)?.samples)
 }
 
@@ -98,7 +106,10 @@ pub fn silhouette(x: &[f32], dim: usize, labels: &[u16]) -> Result<Silhouette, S
     ) {
         return Err(SilhouetteError::NonFinite);
     }
-    let cid: Vec<usize> = labels.iter().map(|l| uniq.binary_search(l).unwrap_or(0)).collect();
+    let cid: Vec<usize> = labels
+        .iter()
+        .map(|l| uniq.binary_search(l).unwrap_or(0))
+        .collect();
     let mut sizes = vec![0usize; k];
     for &c in &cid {
         sizes[c] += 1;
@@ -208,7 +219,13 @@ struct TileScratch {
 }
 
 /// `out[r * k + c]` = sum of the distances from row r to the rows of cluster c.
-fn cluster_distance_sums(xs: &[f32], norms: &[f32], cl: &[usize], dim: usize, k: usize) -> Vec<f64> {
+fn cluster_distance_sums(
+    xs: &[f32],
+    norms: &[f32],
+    cl: &[usize],
+    dim: usize,
+    k: usize,
+) -> Vec<f64> {
     let n = norms.len();
     let nt = n.div_ceil(TILE);
     let mut tasks = Vec::with_capacity(nt * (nt + 1) / 2);
@@ -217,7 +234,13 @@ fn cluster_distance_sums(xs: &[f32], norms: &[f32], cl: &[usize], dim: usize, k:
             tasks.push((i, j));
         }
     }
-    let threads = rayon::current_num_threads().max(1).min(tasks.len());
+    // one n x k table per worker thread, within a memory budget (threads share tables,
+    // taking whichever is free, when the budget allows fewer tables than threads)
+    let table_bytes = (n * k * std::mem::size_of::<f64>()).max(1);
+    let threads = rayon::current_num_threads()
+        .max(1)
+        .min(tasks.len())
+        .min((ACCUMULATOR_BUDGET / table_bytes).max(1));
     let slabs: Vec<Mutex<Vec<f64>>> = (0..threads).map(|_| Mutex::new(Vec::new())).collect();
     tasks.par_iter().for_each_init(
         || TileScratch {
@@ -227,8 +250,10 @@ fn cluster_distance_sums(xs: &[f32], norms: &[f32], cl: &[usize], dim: usize, k:
             col_runs: Vec::new(),
         },
         |s, &(ti, tj)| {
-            let slot = rayon::current_thread_index().unwrap_or(0) % threads;
-            let mut acc = slabs[slot].lock().unwrap_or_else(|e| e.into_inner());
+            let first = rayon::current_thread_index().unwrap_or(0) % threads;
+            let mut acc = (0..threads)
+                .find_map(|i| slabs[(first + i) % threads].try_lock().ok())
+                .unwrap_or_else(|| slabs[first].lock().unwrap_or_else(|e| e.into_inner()));
             if acc.is_empty() {
                 acc.resize(n * k, 0.0);
             }
@@ -245,7 +270,10 @@ fn cluster_distance_sums(xs: &[f32], norms: &[f32], cl: &[usize], dim: usize, k:
         .collect();
     let mut total = slabs.pop().unwrap_or_else(|| vec![0.0; n * k]);
     for s in &slabs {
-        total.par_iter_mut().zip(s.par_iter()).for_each(|(t, v)| *t += v);
+        total
+            .par_iter_mut()
+            .zip(s.par_iter())
+            .for_each(|(t, v)| *t += v);
     }
     total
 }
@@ -324,8 +352,8 @@ mod tests {
         let mut out = vec![0.0; n];
         for i in 0..n {
             let mut sums = std::collections::BTreeMap::<u16, (f64, usize)>::new();
-            for j in 0..n {
-                let e = sums.entry(labels[j]).or_insert((0.0, 0));
+            for (j, &lj) in labels.iter().enumerate() {
+                let e = sums.entry(lj).or_insert((0.0, 0));
                 e.0 += if i == j { 0.0 } else { d(i, j) };
                 e.1 += 1;
             }
@@ -354,11 +382,17 @@ mod tests {
         let mut labels = Vec::with_capacity(n);
         let mut state = 12345u64;
         let mut rnd = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 - 0.5
         };
         for i in 0..n {
-            let l = if i == 17 { 9u16 } else { (i * 7 % 4) as u16 * 2 };
+            let l = if i == 17 {
+                9u16
+            } else {
+                (i * 7 % 4) as u16 * 2
+            };
             for t in 0..dim {
                 x.push(rnd() + if t == 0 { l as f32 * 0.7 } else { 0.0 });
             }
@@ -385,7 +419,10 @@ mod tests {
             silhouette(&[0.0, 1.0], 1, &[0, 1]),
             Err(SilhouetteError::TooManyClusters { .. })
         ));
-        assert!(matches!(silhouette(&[0.0, 1.0], 1, &[0, 1, 1]), Err(SilhouetteError::Shape { .. })));
+        assert!(matches!(
+            silhouette(&[0.0, 1.0], 1, &[0, 1, 1]),
+            Err(SilhouetteError::Shape { .. })
+        ));
         assert_eq!(
             silhouette(&[0.0, f32::NAN, 1.0], 1, &[0, 1, 1]).unwrap_err(),
             SilhouetteError::NonFinite

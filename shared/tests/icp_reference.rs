@@ -8,6 +8,9 @@
 //! Python is found through `EDGECP_PYTHON`, else `scripts/pyenv.sh`; if neither works the
 //! crepes tests fail (they never pass silently).
 
+// The brute force is written as plain index loops on purpose.
+#![allow(clippy::needless_range_loop)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -125,7 +128,15 @@ fn bf_scores(kind: NcmKind, tx: &[f32], ty: &[u16], dim: usize, c: usize, q: &[f
 }
 
 /// One p-value by counting.
-fn bf_p(cal: &[f64], cal_y: &[u16], mondrian: bool, y: usize, a: f64, mode: PValueMode, tau: f64) -> f64 {
+fn bf_p(
+    cal: &[f64],
+    cal_y: &[u16],
+    mondrian: bool,
+    y: usize,
+    a: f64,
+    mode: PValueMode,
+    tau: f64,
+) -> f64 {
     let (mut gt, mut eq, mut n) = (0usize, 0usize, 0usize);
     for i in 0..cal.len() {
         if mondrian && cal_y[i] as usize != y {
@@ -225,7 +236,19 @@ const KINDS: [NcmKind; 4] = [
 
 /// Proper training 5 x 128 (two reference tiles), 300 queries (three query blocks, so the
 /// parallel path runs), the first 20 queries duplicates of training points (zero distances).
-fn exact_setup() -> (usize, usize, Vec<f32>, Vec<u16>, Vec<f32>, Vec<u16>, Vec<f32>, Vec<u16>) {
+type Setup = (
+    usize,
+    usize,
+    Vec<f32>,
+    Vec<u16>,
+    Vec<f32>,
+    Vec<u16>,
+    Vec<f32>,
+    Vec<u16>,
+);
+
+/// (classes, dim, train x, train y, calibration x, calibration y, query x, query y)
+fn exact_setup() -> Setup {
     let (c, dim) = (5, 20);
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let (tx, ty) = int_data(&mut rng, 128, c, dim);
@@ -247,24 +270,39 @@ fn brute_force_scores_equal_for_every_measure() {
         let want = bf_scores(kind, &tx, &ty, dim, c, &qx);
         assert_eq!(ours.len(), want.len());
         for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
-            assert!(a == b, "{kind:?}: score {i} (row {}, class {}): ours {a} brute force {b}", i / c, i % c);
+            assert!(
+                a == b,
+                "{kind:?}: score {i} (row {}, class {}): ours {a} brute force {b}",
+                i / c,
+                i % c
+            );
         }
         // one query at a time (serial path) gives the same scores
         for i in [0usize, 7, 150, 299] {
             let one = ncm.scores(&qx[i * dim..(i + 1) * dim]).unwrap();
-            assert_eq!(one, want[i * c..(i + 1) * c].to_vec(), "{kind:?} single query {i}");
+            assert_eq!(
+                one,
+                want[i * c..(i + 1) * c].to_vec(),
+                "{kind:?} single query {i}"
+            );
         }
         // calibration scores = the true-label column
         let cal = ncm.label_scores(&cx, &cy).unwrap();
         let cal_bf = bf_scores(kind, &tx, &ty, dim, c, &cx);
         for (i, &a) in cal.iter().enumerate() {
-            assert!(a == cal_bf[i * c + cy[i] as usize], "{kind:?} calibration score {i}");
+            assert!(
+                a == cal_bf[i * c + cy[i] as usize],
+                "{kind:?} calibration score {i}"
+            );
         }
     }
     // the data do exercise ties: k-NN distances and equal ratio scores
     let ncm = Ncm::fit(NcmKind::NearestNeighbourRatio, &tx, &ty, dim, c).unwrap();
     let s = ncm.scores(&qx).unwrap();
-    assert!(s.contains(&0.0), "duplicated training points must score 0 for their class");
+    assert!(
+        s.contains(&0.0),
+        "duplicated training points must score 0 for their class"
+    );
 }
 
 #[test]
@@ -294,7 +332,15 @@ fn brute_force_p_values_sets_credibility_confidence_every_mode() {
                     let p = pred.p_values_of(i);
                     let mut want = vec![0.0; c];
                     for y in 0..c {
-                        want[y] = bf_p(&cal_scores, &cy, mondrian, y, test_scores[i * c + y], mode, taus[y]);
+                        want[y] = bf_p(
+                            &cal_scores,
+                            &cy,
+                            mondrian,
+                            y,
+                            test_scores[i * c + y],
+                            mode,
+                            taus[y],
+                        );
                         assert!(
                             p[y] == want[y],
                             "{kind:?} mondrian={mondrian} {mode:?}: p[{i}][{y}] ours {} brute force {}",
@@ -326,7 +372,11 @@ fn brute_force_p_values_sets_credibility_confidence_every_mode() {
                 let cal = Calibration::new(&cal_scores, &cy, c, mondrian).unwrap();
                 let mut p2 = vec![0.0; test_scores.len()];
                 cal.p_values(&test_scores, mode, 0, &mut p2).unwrap();
-                assert_eq!(p2.as_slice(), pred.p_values(), "{kind:?} {mondrian} {mode:?}");
+                assert_eq!(
+                    p2.as_slice(),
+                    pred.p_values(),
+                    "{kind:?} {mondrian} {mode:?}"
+                );
                 // batching does not change anything: one sample per call
                 icp.set_next_sample(0);
                 for i in (0..n).step_by(37) {
@@ -344,7 +394,8 @@ fn brute_force_p_values_sets_credibility_confidence_every_mode() {
 fn evaluation_matches_brute_force() {
     let (c, dim, tx, ty, cx, cy, qx, qy) = exact_setup();
     let ncm = Ncm::fit(NcmKind::Knn { k: 40 }, &tx, &ty, dim, c).unwrap();
-    let icp = IcpPredictor::calibrate(ncm, &cx, &cy, false, PValueMode::Smoothed { seed: 3 }).unwrap();
+    let icp =
+        IcpPredictor::calibrate(ncm, &cx, &cy, false, PValueMode::Smoothed { seed: 3 }).unwrap();
     let grid = shared::icp::default_epsilon_grid();
     let p = icp.p_values(&qx).unwrap();
     let ev = evaluate(&p, &qy, c, &grid).unwrap();
@@ -352,7 +403,8 @@ fn evaluation_matches_brute_force() {
     let mut sum_dev = 0.0;
     let mut max_dev: f64 = 0.0;
     for (j, &eps) in grid.iter().enumerate() {
-        let (mut err, mut size, mut empty, mut single, mut multi) = (0usize, 0usize, 0usize, 0usize, 0usize);
+        let (mut err, mut size, mut empty, mut single, mut multi) =
+            (0usize, 0usize, 0usize, 0usize, 0usize);
         for i in 0..n {
             let mut s = 0;
             for y in 0..c {
@@ -400,11 +452,17 @@ fn ties_in_calibration_scores() {
     let p = |a: f64, mode| cal.p_value(0, a, mode, 0.25);
     assert_eq!(p(2.0, PValueMode::Standard), 6.0 / 7.0); // 5 scores >= 2, +1
     assert_eq!(p(2.0, PValueMode::ReferenceCount), 5.0 / 6.0);
-    assert_eq!(p(2.0, PValueMode::Smoothed { seed: 0 }), (2.0 + 0.25 * 4.0) / 7.0);
+    assert_eq!(
+        p(2.0, PValueMode::Smoothed { seed: 0 }),
+        (2.0 + 0.25 * 4.0) / 7.0
+    );
     assert_eq!(p(3.0, PValueMode::Standard), 3.0 / 7.0);
     assert_eq!(p(3.5, PValueMode::Standard), 1.0 / 7.0);
     assert_eq!(p(0.0, PValueMode::Standard), 1.0);
-    assert_eq!(p(f64::INFINITY, PValueMode::Smoothed { seed: 0 }), 0.25 / 7.0);
+    assert_eq!(
+        p(f64::INFINITY, PValueMode::Smoothed { seed: 0 }),
+        0.25 / 7.0
+    );
     let counts = cal.counts(1, 2.0);
     assert_eq!((counts.greater, counts.equal, counts.n), (2, 3, 6));
 }
@@ -413,7 +471,10 @@ fn ties_in_calibration_scores() {
 fn empty_calibration_set_is_a_clear_error() {
     let err = Calibration::pooled(&[], 4).unwrap_err();
     assert_eq!(err, IcpError::EmptyCalibration);
-    assert!(err.to_string().contains("calibration set is empty"), "{err}");
+    assert!(
+        err.to_string().contains("calibration set is empty"),
+        "{err}"
+    );
     let (c, dim, tx, ty, ..) = exact_setup();
     let ncm = Ncm::fit(NcmKind::NearestCentroid, &tx, &ty, dim, c).unwrap();
     assert_eq!(
@@ -426,17 +487,28 @@ fn empty_calibration_set_is_a_clear_error() {
 fn mondrian_class_without_calibration_examples_is_a_clear_error() {
     let (c, dim, tx, ty, cx, cy, ..) = exact_setup();
     let keep: Vec<usize> = (0..cy.len()).filter(|&i| cy[i] != 3).collect();
-    let x: Vec<f32> = keep.iter().flat_map(|&i| cx[i * dim..(i + 1) * dim].to_vec()).collect();
+    let x: Vec<f32> = keep
+        .iter()
+        .flat_map(|&i| cx[i * dim..(i + 1) * dim].to_vec())
+        .collect();
     let y: Vec<u16> = keep.iter().map(|&i| cy[i]).collect();
     for kind in KINDS {
         let ncm = Ncm::fit(kind, &tx, &ty, dim, c).unwrap();
-        let err = IcpPredictor::calibrate(ncm.clone(), &x, &y, true, PValueMode::Standard).unwrap_err();
+        let err =
+            IcpPredictor::calibrate(ncm.clone(), &x, &y, true, PValueMode::Standard).unwrap_err();
         assert_eq!(err, IcpError::EmptyCalibrationClass { class: 3 });
         let msg = err.to_string();
-        assert!(msg.contains("class 3") && msg.contains("no calibration examples"), "{msg}");
+        assert!(
+            msg.contains("class 3") && msg.contains("no calibration examples"),
+            "{msg}"
+        );
         // pooled calibration on the same data is fine
         let icp = IcpPredictor::calibrate(ncm, &x, &y, false, PValueMode::Standard).unwrap();
-        assert!(icp.p_values(&cx).unwrap().iter().all(|p| p.is_finite() && *p > 0.0 && *p <= 1.0));
+        assert!(icp
+            .p_values(&cx)
+            .unwrap()
+            .iter()
+            .all(|p| p.is_finite() && *p > 0.0 && *p <= 1.0));
     }
 }
 
@@ -502,10 +574,16 @@ fn check_validity(kind: NcmKind) {
                 let mean = t.err[e] / seeds as f64;
                 let sd = sigma(eps, n_test, n_cal, seeds as f64);
                 let what = format!("{kind:?} mondrian={mondrian} smoothed={smoothed} eps={eps}");
-                assert!(mean <= eps + 3.0 * sd, "{what}: error rate {mean} > eps + 3 sigma ({sd})");
+                assert!(
+                    mean <= eps + 3.0 * sd,
+                    "{what}: error rate {mean} > eps + 3 sigma ({sd})"
+                );
                 if smoothed {
                     // smoothed conformal prediction is exactly valid: error rate = eps
-                    assert!(mean >= eps - 3.0 * sd, "{what}: error rate {mean} far below eps ({sd})");
+                    assert!(
+                        mean >= eps - 3.0 * sd,
+                        "{what}: error rate {mean} far below eps ({sd})"
+                    );
                 } else if kind == NcmKind::NearestCentroid && !mondrian {
                     // continuous scores: conservative by at most 1/(n+1)
                     assert!(
@@ -518,9 +596,15 @@ fn check_validity(kind: NcmKind) {
                         let k = t.class_seeds[e][class];
                         let m = t.class_err[e][class] / k;
                         let sdc = sigma(eps, n_test / c, n_cal / c, k);
-                        assert!(m <= eps + 3.0 * sdc, "{what}: class {class} error rate {m} > eps + 3 sigma ({sdc})");
+                        assert!(
+                            m <= eps + 3.0 * sdc,
+                            "{what}: class {class} error rate {m} > eps + 3 sigma ({sdc})"
+                        );
                         if smoothed {
-                            assert!(m >= eps - 3.0 * sdc, "{what}: class {class} error rate {m} far below eps");
+                            assert!(
+                                m >= eps - 3.0 * sdc,
+                                "{what}: class {class} error rate {m} far below eps"
+                            );
                         }
                     }
                 }
@@ -554,9 +638,15 @@ fn python() -> PathBuf {
         }
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pyenv.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap_or_else(|e| {
-        panic!("cannot run {} to set up the Python venv ({e}); set EDGECP_PYTHON", script.display())
-    });
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} to set up the Python venv ({e}); set EDGECP_PYTHON",
+                script.display()
+            )
+        });
     assert!(
         out.status.success(),
         "{} failed ({}): {}\nset EDGECP_PYTHON to a python with numpy, scikit-learn and crepes 0.8.0",
@@ -566,7 +656,10 @@ fn python() -> PathBuf {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let path = stdout.lines().last().unwrap_or("").trim().to_string();
-    assert!(!path.is_empty() && Path::new(&path).exists(), "scripts/pyenv.sh printed no python path: {stdout:?}");
+    assert!(
+        !path.is_empty() && Path::new(&path).exists(),
+        "scripts/pyenv.sh printed no python path: {stdout:?}"
+    );
     PathBuf::from(path)
 }
 
@@ -577,12 +670,17 @@ fn write_f64(path: &Path, v: &[f64]) {
 
 fn read_f64(path: &Path) -> Vec<f64> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn crepes_agreement(kind: NcmKind, seed: u64) {
@@ -602,7 +700,10 @@ fn crepes_agreement(kind: NcmKind, seed: u64) {
     let py_seed = 12345u64;
     std::fs::write(
         d.join("meta.json"),
-        format!(r#"{{"n_cal": {}, "n_test": {n}, "n_classes": {c}, "seed": {py_seed}}}"#, cal.len()),
+        format!(
+            r#"{{"n_cal": {}, "n_test": {n}, "n_classes": {c}, "seed": {py_seed}}}"#,
+            cal.len()
+        ),
     )
     .unwrap();
     write_f64(&d.join("cal_scores.f64"), &cal);
@@ -610,7 +711,17 @@ fn crepes_agreement(kind: NcmKind, seed: u64) {
     std::fs::write(d.join("cal_labels.u16"), labels).unwrap();
     write_f64(&d.join("test_scores.f64"), &test);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/crepes_ref.py");
-    let out = Command::new(python()).arg(&script).arg(d).output().expect("run python");
+    let py = python();
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(d)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run python {} ({e}); set EDGECP_PYTHON to the venv python",
+                py.display()
+            )
+        });
     assert!(
         out.status.success(),
         "crepes_ref.py failed: {}\n{}",
@@ -622,29 +733,47 @@ fn crepes_agreement(kind: NcmKind, seed: u64) {
     let mond = Calibration::mondrian(&cal, &cy, c).unwrap();
     let mut ours = vec![0.0; test.len()];
 
-    pooled.p_values(&test, PValueMode::Standard, 0, &mut ours).unwrap();
+    pooled
+        .p_values(&test, PValueMode::Standard, 0, &mut ours)
+        .unwrap();
     let diff = max_abs_diff(&ours, &read_f64(&d.join("p_standard")));
-    assert!(diff <= 1e-12, "{kind:?} standard p-values differ from crepes by {diff}");
+    assert!(
+        diff <= 1e-12,
+        "{kind:?} standard p-values differ from crepes by {diff}"
+    );
 
     let taus = read_f64(&d.join("taus_smoothed"));
     assert!(taus.iter().any(|&t| t != taus[0]));
     pooled.p_values_with_taus(&test, &taus, &mut ours).unwrap();
     let diff = max_abs_diff(&ours, &read_f64(&d.join("p_smoothed")));
-    assert!(diff <= 1e-12, "{kind:?} smoothed p-values differ from crepes by {diff}");
+    assert!(
+        diff <= 1e-12,
+        "{kind:?} smoothed p-values differ from crepes by {diff}"
+    );
 
-    mond.p_values(&test, PValueMode::Standard, 0, &mut ours).unwrap();
+    mond.p_values(&test, PValueMode::Standard, 0, &mut ours)
+        .unwrap();
     let diff = max_abs_diff(&ours, &read_f64(&d.join("p_mondrian_standard")));
-    assert!(diff <= 1e-12, "{kind:?} Mondrian p-values differ from crepes by {diff}");
+    assert!(
+        diff <= 1e-12,
+        "{kind:?} Mondrian p-values differ from crepes by {diff}"
+    );
 
     let taus = read_f64(&d.join("taus_mondrian"));
     mond.p_values_with_taus(&test, &taus, &mut ours).unwrap();
     let diff = max_abs_diff(&ours, &read_f64(&d.join("p_mondrian_smoothed")));
-    assert!(diff <= 1e-12, "{kind:?} Mondrian smoothed p-values differ from crepes by {diff}");
+    assert!(
+        diff <= 1e-12,
+        "{kind:?} Mondrian smoothed p-values differ from crepes by {diff}"
+    );
 
     // the comparison covered ties between test and calibration scores where they occur
     let ties = test.iter().filter(|a| cal.contains(a)).count();
     if matches!(kind, NcmKind::Knn { .. }) {
-        assert!(ties >= test.len() / 10, "k-NN scores should tie often, got {ties}");
+        assert!(
+            ties >= test.len() / 10,
+            "k-NN scores should tie often, got {ties}"
+        );
     }
 }
 

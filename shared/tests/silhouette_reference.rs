@@ -17,9 +17,15 @@ fn python() -> PathBuf {
         }
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pyenv.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap_or_else(|e| {
-        panic!("cannot run {} to set up the Python venv ({e}); set EDGECP_PYTHON", script.display())
-    });
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} to set up the Python venv ({e}); set EDGECP_PYTHON",
+                script.display()
+            )
+        });
     assert!(
         out.status.success(),
         "{} failed ({}): {}\nset EDGECP_PYTHON to a python with numpy and scikit-learn",
@@ -29,7 +35,10 @@ fn python() -> PathBuf {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let path = stdout.lines().last().unwrap_or("").trim().to_string();
-    assert!(!path.is_empty() && Path::new(&path).exists(), "scripts/pyenv.sh printed no python path: {stdout:?}");
+    assert!(
+        !path.is_empty() && Path::new(&path).exists(),
+        "scripts/pyenv.sh printed no python path: {stdout:?}"
+    );
     PathBuf::from(path)
 }
 
@@ -37,15 +46,36 @@ fn python() -> PathBuf {
 fn sklearn(x: &[f32], dim: usize, labels: &[u16]) -> (f64, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("meta.json"), format!(r#"{{"n": {}, "dim": {dim}}}"#, labels.len())).unwrap();
-    std::fs::write(d.join("x.f32"), x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        d.join("meta.json"),
+        format!(r#"{{"n": {}, "dim": {dim}}}"#, labels.len()),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("x.f32"),
+        x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
     std::fs::write(
         d.join("labels.u16"),
-        labels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        labels
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
     )
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/silhouette_ref.py");
-    let out = Command::new(python()).arg(&script).arg(d).output().expect("run python");
+    let py = python();
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(d)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run python {} ({e}); set EDGECP_PYTHON to the venv python",
+                py.display()
+            )
+        });
     assert!(
         out.status.success(),
         "silhouette_ref.py failed: {}\n{}",
@@ -65,11 +95,20 @@ fn sklearn(x: &[f32], dim: usize, labels: &[u16]) -> (f64, Vec<f64>) {
 
 /// Gaussian clusters of uneven sizes plus one singleton cluster; labels with gaps, in
 /// shuffled order; optionally far from the origin (cancellation check).
-fn clusters(seed: u64, n: usize, dim: usize, k: usize, spread: f64, offset: f64) -> (Vec<f32>, Vec<u16>) {
+fn clusters(
+    seed: u64,
+    n: usize,
+    dim: usize,
+    k: usize,
+    spread: f64,
+    offset: f64,
+) -> (Vec<f32>, Vec<u16>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let centre = Normal::new(0.0, spread).unwrap();
     let noise = Normal::new(0.0, 1.0).unwrap();
-    let centres: Vec<f64> = (0..k * dim).map(|_| centre.sample(&mut rng) + offset).collect();
+    let centres: Vec<f64> = (0..k * dim)
+        .map(|_| centre.sample(&mut rng) + offset)
+        .collect();
     let mut x = Vec::with_capacity(n * dim);
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
@@ -80,14 +119,18 @@ fn clusters(seed: u64, n: usize, dim: usize, k: usize, spread: f64, offset: f64)
             let r = rng.random_range(0..k * (k + 1) / 2);
             let mut c = 0;
             let mut acc = 0;
-            while acc + c + 1 <= r {
+            while acc + c < r {
                 acc += c + 1;
                 c += 1;
             }
             c
         };
         for t in 0..dim {
-            let base = if c == k { offset + 3.0 * spread } else { centres[c * dim + t] };
+            let base = if c == k {
+                offset + 3.0 * spread
+            } else {
+                centres[c * dim + t]
+            };
             x.push((base + noise.sample(&mut rng)) as f32);
         }
         labels.push(c as u16 * 3 + 1); // gaps in the label values
@@ -110,9 +153,14 @@ fn compare(x: &[f32], dim: usize, labels: &[u16]) {
         .zip(&samples)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
-    assert!(worst <= 1e-5, "per-sample silhouette differs from scikit-learn by up to {worst}");
+    assert!(
+        worst <= 1e-5,
+        "per-sample silhouette differs from scikit-learn by up to {worst}"
+    );
     // the singleton cluster's member is 0 in both
-    let single = labels.iter().position(|&l| labels.iter().filter(|&&m| m == l).count() == 1);
+    let single = labels
+        .iter()
+        .position(|&l| labels.iter().filter(|&&m| m == l).count() == 1);
     if let Some(i) = single {
         assert_eq!(ours.samples[i], 0.0);
         assert_eq!(samples[i], 0.0);
@@ -148,10 +196,19 @@ fn silhouette_equals_sklearn_with_duplicates_and_two_clusters() {
 
 #[test]
 fn silhouette_score_errors() {
-    assert_eq!(silhouette_score(&[0.0; 6], 2, &[1, 1, 1]).unwrap_err(), SilhouetteError::TooFewClusters(1));
+    assert_eq!(
+        silhouette_score(&[0.0; 6], 2, &[1, 1, 1]).unwrap_err(),
+        SilhouetteError::TooFewClusters(1)
+    );
     assert!(matches!(
         silhouette_score(&[0.0; 6], 2, &[1, 2, 3]),
-        Err(SilhouetteError::TooManyClusters { clusters: 3, max: 2 })
+        Err(SilhouetteError::TooManyClusters {
+            clusters: 3,
+            max: 2
+        })
     ));
-    assert!(matches!(silhouette_score(&[0.0; 5], 2, &[1, 2, 3]), Err(SilhouetteError::Shape { .. })));
+    assert!(matches!(
+        silhouette_score(&[0.0; 5], 2, &[1, 2, 3]),
+        Err(SilhouetteError::Shape { .. })
+    ));
 }

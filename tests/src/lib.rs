@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Path of a workspace binary built by `cargo test --workspace` (it builds every member's
-/// binaries before running tests). Panics with instructions when it is absent.
+/// Path of a workspace binary, built by `cargo build --workspace --bins` (scripts/test.sh
+/// does it first: `cargo test` alone builds a package's binary only for that package's own
+/// integration tests, so it could be missing or stale here). Panics with instructions when
+/// it is absent.
 pub fn bin(name: &str) -> PathBuf {
     // This test executable lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("current test executable");
@@ -16,7 +18,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or scripts/test.sh) so that the binaries are built",
+        "{} is missing: run `cargo build --workspace --bins` before the tests (scripts/test.sh does)",
         path.display()
     );
     path

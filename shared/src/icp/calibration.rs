@@ -194,7 +194,12 @@ impl Calibration {
     }
 
     /// Pooled or Mondrian by flag (labels are used only when `mondrian`).
-    pub fn new(scores: &[f64], labels: &[u16], n_classes: usize, mondrian: bool) -> Result<Self, IcpError> {
+    pub fn new(
+        scores: &[f64],
+        labels: &[u16],
+        n_classes: usize,
+        mondrian: bool,
+    ) -> Result<Self, IcpError> {
         if mondrian {
             Self::mondrian(scores, labels, n_classes)
         } else {
@@ -284,11 +289,21 @@ impl Calibration {
 
     /// p-values for a batch of score rows (`n x C`) into `out` (`n x C`). Smoothed taus come
     /// from [`tau_row`] with samples numbered from `first_sample`.
-    pub fn p_values(&self, scores: &[f64], mode: PValueMode, first_sample: u64, out: &mut [f64]) -> Result<(), IcpError> {
+    pub fn p_values(
+        &self,
+        scores: &[f64],
+        mode: PValueMode,
+        first_sample: u64,
+        out: &mut [f64],
+    ) -> Result<(), IcpError> {
         self.check_batch(scores, out.len())?;
         let c = self.n_classes;
         let mut taus = vec![0.0; c];
-        for (i, (srow, orow)) in scores.chunks_exact(c).zip(out.chunks_exact_mut(c)).enumerate() {
+        for (i, (srow, orow)) in scores
+            .chunks_exact(c)
+            .zip(out.chunks_exact_mut(c))
+            .enumerate()
+        {
             if let PValueMode::Smoothed { seed } = mode {
                 tau_row(seed, first_sample + i as u64, &mut taus);
             }
@@ -299,7 +314,12 @@ impl Calibration {
 
     /// Smoothed p-values with explicit taus (`n x C`, each in [0, 1)), e.g. to reproduce
     /// another implementation's random draws.
-    pub fn p_values_with_taus(&self, scores: &[f64], taus: &[f64], out: &mut [f64]) -> Result<(), IcpError> {
+    pub fn p_values_with_taus(
+        &self,
+        scores: &[f64],
+        taus: &[f64],
+        out: &mut [f64],
+    ) -> Result<(), IcpError> {
         self.check_batch(scores, out.len())?;
         if taus.len() != scores.len() {
             return Err(IcpError::Shape {
@@ -309,11 +329,18 @@ impl Calibration {
             });
         }
         if let Some(index) = taus.iter().position(|t| !(0.0..1.0).contains(t)) {
-            return Err(IcpError::InvalidTau { index, tau: taus[index] });
+            return Err(IcpError::InvalidTau {
+                index,
+                tau: taus[index],
+            });
         }
         let c = self.n_classes;
         let mode = PValueMode::Smoothed { seed: 0 };
-        for ((srow, trow), orow) in scores.chunks_exact(c).zip(taus.chunks_exact(c)).zip(out.chunks_exact_mut(c)) {
+        for ((srow, trow), orow) in scores
+            .chunks_exact(c)
+            .zip(taus.chunks_exact(c))
+            .zip(out.chunks_exact_mut(c))
+        {
             self.p_row(srow, mode, trow, orow);
         }
         Ok(())
@@ -321,7 +348,7 @@ impl Calibration {
 
     fn check_batch(&self, scores: &[f64], out_len: usize) -> Result<(), IcpError> {
         let c = self.n_classes;
-        if scores.len() % c != 0 {
+        if !scores.len().is_multiple_of(c) {
             return Err(IcpError::Shape {
                 what: "test scores (rows x classes)",
                 expected: scores.len() / c * c,
@@ -361,15 +388,31 @@ mod tests {
     fn bounds_match_linear_scan() {
         let s = [0.0, 1.0, 1.0, 1.0, 2.0, 5.0, 5.0];
         for x in [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 6.0, f64::INFINITY] {
-            assert_eq!(lower_bound(&s, x), s.iter().filter(|&&v| v < x).count(), "lb {x}");
-            assert_eq!(upper_bound(&s, x), s.iter().filter(|&&v| v <= x).count(), "ub {x}");
+            assert_eq!(
+                lower_bound(&s, x),
+                s.iter().filter(|&&v| v < x).count(),
+                "lb {x}"
+            );
+            assert_eq!(
+                upper_bound(&s, x),
+                s.iter().filter(|&&v| v <= x).count(),
+                "ub {x}"
+            );
         }
         // long arrays with runs of ties: every position of the gallop and the fallback
         let mut long: Vec<f64> = (0..1000).map(|i| (i / 7) as f64).collect();
         long.extend(std::iter::repeat_n(500.0, 300));
         for x in (-2..=520).map(|v| v as f64 * 0.5) {
-            assert_eq!(lower_bound(&long, x), long.iter().filter(|&&v| v < x).count(), "lb {x}");
-            assert_eq!(upper_bound(&long, x), long.iter().filter(|&&v| v <= x).count(), "ub {x}");
+            assert_eq!(
+                lower_bound(&long, x),
+                long.iter().filter(|&&v| v < x).count(),
+                "lb {x}"
+            );
+            assert_eq!(
+                upper_bound(&long, x),
+                long.iter().filter(|&&v| v <= x).count(),
+                "ub {x}"
+            );
         }
         for n in 0..40 {
             let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
@@ -389,7 +432,10 @@ mod tests {
         let c = cal.counts(0, 2.0);
         assert_eq!((c.greater, c.equal, c.n), (1, 3, 5));
         assert_eq!(cal.p_value(0, 2.0, PValueMode::Standard, 0.0), 5.0 / 6.0);
-        assert_eq!(cal.p_value(0, 2.0, PValueMode::ReferenceCount, 0.0), 4.0 / 5.0);
+        assert_eq!(
+            cal.p_value(0, 2.0, PValueMode::ReferenceCount, 0.0),
+            4.0 / 5.0
+        );
         let p = cal.p_value(0, 2.0, PValueMode::Smoothed { seed: 0 }, 0.5);
         assert_eq!(p, (1.0 + 0.5 * 4.0) / 6.0);
         // above every score: smallest p-values
@@ -399,8 +445,14 @@ mod tests {
 
     #[test]
     fn empty_calibration_is_an_error() {
-        assert_eq!(Calibration::pooled(&[], 3).unwrap_err(), IcpError::EmptyCalibration);
-        assert_eq!(Calibration::mondrian(&[], &[], 3).unwrap_err(), IcpError::EmptyCalibration);
+        assert_eq!(
+            Calibration::pooled(&[], 3).unwrap_err(),
+            IcpError::EmptyCalibration
+        );
+        assert_eq!(
+            Calibration::mondrian(&[], &[], 3).unwrap_err(),
+            IcpError::EmptyCalibration
+        );
     }
 
     #[test]
@@ -418,7 +470,9 @@ mod tests {
         ));
         let cal = Calibration::pooled(&[0.1, 0.2], 2).unwrap();
         let mut out = [0.0; 2];
-        assert!(cal.p_values(&[0.1, f64::NAN], PValueMode::Standard, 0, &mut out).is_err());
+        assert!(cal
+            .p_values(&[0.1, f64::NAN], PValueMode::Standard, 0, &mut out)
+            .is_err());
     }
 
     #[test]

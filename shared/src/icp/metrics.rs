@@ -36,10 +36,14 @@ fn check_grid(grid: &[f64]) -> Result<(), IcpError> {
         return Err(IcpError::InvalidGrid("the epsilon grid is empty".into()));
     }
     if let Some(e) = grid.iter().find(|e| !(0.0..=1.0).contains(*e)) {
-        return Err(IcpError::InvalidGrid(format!("epsilon {e} is outside [0, 1]")));
+        return Err(IcpError::InvalidGrid(format!(
+            "epsilon {e} is outside [0, 1]"
+        )));
     }
     if grid.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(IcpError::InvalidGrid("epsilons must be strictly increasing".into()));
+        return Err(IcpError::InvalidGrid(
+            "epsilons must be strictly increasing".into(),
+        ));
     }
     Ok(())
 }
@@ -83,13 +87,20 @@ impl IcpEvaluation {
     /// The row of the grid epsilon closest to `epsilon`.
     pub fn at(&self, epsilon: f64) -> Option<&EpsilonRow> {
         self.rows.iter().min_by(|a, b| {
-            (a.epsilon - epsilon).abs().total_cmp(&(b.epsilon - epsilon).abs())
+            (a.epsilon - epsilon)
+                .abs()
+                .total_cmp(&(b.epsilon - epsilon).abs())
         })
     }
 }
 
 /// Evaluates p-values (`n x C`, row-major) with true labels over an ascending epsilon grid.
-pub fn evaluate(p_values: &[f64], labels: &[u16], n_classes: usize, grid: &[f64]) -> Result<IcpEvaluation, IcpError> {
+pub fn evaluate(
+    p_values: &[f64],
+    labels: &[u16],
+    n_classes: usize,
+    grid: &[f64],
+) -> Result<IcpEvaluation, IcpError> {
     check_grid(grid)?;
     if n_classes == 0 || p_values.len() != labels.len() * n_classes {
         return Err(IcpError::Shape {
@@ -107,7 +118,10 @@ pub fn evaluate(p_values: &[f64], labels: &[u16], n_classes: usize, grid: &[f64]
     }
     check_labels(labels, n_classes)?;
     if let Some(index) = p_values.iter().position(|p| p.is_nan()) {
-        return Err(IcpError::NanScore { what: "p-values", index });
+        return Err(IcpError::NanScore {
+            what: "p-values",
+            index,
+        });
     }
     let g = grid.len();
     // idx(p) = #{grid eps < p}: p is in the set at grid point j iff idx(p) > j.
@@ -178,7 +192,10 @@ pub fn evaluate(p_values: &[f64], labels: &[u16], n_classes: usize, grid: &[f64]
             ClassErrors {
                 class: c as u16,
                 n: class_n[c],
-                error_rate: a.iter().map(|&v| (class_n[c] as u64 - v) as f64 / class_n[c] as f64).collect(),
+                error_rate: a
+                    .iter()
+                    .map(|&v| (class_n[c] as u64 - v) as f64 / class_n[c] as f64)
+                    .collect(),
             }
         })
         .collect();
@@ -241,7 +258,11 @@ mod tests {
             assert_eq!(r.singleton, single as f64 / 4.0);
             assert_eq!(r.multiple, multi as f64 / 4.0);
         }
-        let devs: Vec<f64> = ev.rows.iter().map(|r| (r.error_rate - r.epsilon).abs()).collect();
+        let devs: Vec<f64> = ev
+            .rows
+            .iter()
+            .map(|r| (r.error_rate - r.epsilon).abs())
+            .collect();
         assert_eq!(ev.mce, devs.iter().cloned().fold(0.0, f64::max));
         assert!((ev.ece - devs.iter().sum::<f64>() / 5.0).abs() < 1e-15);
         assert_eq!(ev.per_class.len(), 3);

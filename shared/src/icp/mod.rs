@@ -28,7 +28,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use calibration::{tau_row, Calibration, Counts, PValueMode};
-pub use metrics::{default_epsilon_grid, epsilon_grid, evaluate, ClassErrors, EpsilonRow, IcpEvaluation};
+pub use metrics::{
+    default_epsilon_grid, epsilon_grid, evaluate, ClassErrors, EpsilonRow, IcpEvaluation,
+};
 pub use ncm::{distance_ratio, Ncm, NcmKind};
 
 pub(crate) use distance::gram;
@@ -51,7 +53,9 @@ pub enum IcpError {
     EmptyTrainingClass { class: usize, measure: &'static str },
     #[error("ICP needs at least 2 classes, got {0}")]
     TooFewClasses(usize),
-    #[error("k = {k} is invalid with {n_references} reference embeddings (need 1 <= k <= references)")]
+    #[error(
+        "k = {k} is invalid with {n_references} reference embeddings (need 1 <= k <= references)"
+    )]
     InvalidK { k: usize, n_references: usize },
     #[error("wrong size of {what}: expected {expected}, got {got}")]
     Shape {
@@ -60,7 +64,11 @@ pub enum IcpError {
         got: usize,
     },
     #[error("label {label} at position {index} is out of range for {n_classes} classes")]
-    LabelOutOfRange { index: usize, label: u16, n_classes: usize },
+    LabelOutOfRange {
+        index: usize,
+        label: u16,
+        n_classes: usize,
+    },
     #[error("{what} contain a non-finite value (NaN or infinity)")]
     NonFinite { what: &'static str },
     #[error("{what}: NaN at position {index}")]
@@ -302,7 +310,12 @@ impl IcpPredictor {
     }
 
     /// As [`IcpPredictor::predict`], reusing `out`'s buffers.
-    pub fn predict_into(&self, embeddings: &[f32], epsilon: f64, out: &mut Predictions) -> Result<(), IcpError> {
+    pub fn predict_into(
+        &self,
+        embeddings: &[f32],
+        epsilon: f64,
+        out: &mut Predictions,
+    ) -> Result<(), IcpError> {
         if !(0.0..=1.0).contains(&epsilon) {
             return Err(IcpError::InvalidEpsilon(epsilon));
         }
@@ -319,7 +332,11 @@ impl IcpPredictor {
                      cred: &mut [f64],
                      conf: &mut [f64],
                      sets: &mut [u64]| {
-            let Work { scratch: s, taus, alpha } = work;
+            let Work {
+                scratch: s,
+                taus,
+                alpha,
+            } = work;
             self.ncm.score_block(q, pv, s);
             let first_row = first + (b * QUERY_BLOCK) as u64;
             for (i, (((row, cr), cf), set)) in pv
@@ -402,7 +419,12 @@ impl IcpPredictor {
     }
 
     /// Predicts a labelled test set and evaluates it over `grid`.
-    pub fn evaluate(&self, embeddings: &[f32], labels: &[u16], grid: &[f64]) -> Result<IcpEvaluation, IcpError> {
+    pub fn evaluate(
+        &self,
+        embeddings: &[f32],
+        labels: &[u16],
+        grid: &[f64],
+    ) -> Result<IcpEvaluation, IcpError> {
         let p = self.p_values(embeddings)?;
         evaluate(&p, labels, self.n_classes(), grid)
     }
@@ -429,10 +451,18 @@ mod tests {
     #[test]
     fn icp_predict_basic() {
         let (x, y) = toy();
-        for kind in [NcmKind::NearestCentroid, NcmKind::Knn { k: 3 }, NcmKind::NearestNeighbourRatio] {
+        for kind in [
+            NcmKind::NearestCentroid,
+            NcmKind::Knn { k: 3 },
+            NcmKind::NearestNeighbourRatio,
+        ] {
             let ncm = Ncm::fit(kind, &x, &y, 2, 3).unwrap();
             // calibration points: the training points moved slightly (not the same points)
-            let cal: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + (i % 2) as f32 * 0.013).collect();
+            let cal: Vec<f32> = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + (i % 2) as f32 * 0.013)
+                .collect();
             let icp = IcpPredictor::calibrate(ncm, &cal, &y, false, PValueMode::Standard).unwrap();
             // two calibration points as queries: each p-value counts the point itself
             let q = [cal[2], cal[3], cal[24], cal[25]];
@@ -441,7 +471,10 @@ mod tests {
             assert!(pred.set(0).contains(0), "{kind:?}");
             assert!(pred.set(1).contains(2), "{kind:?}");
             let p0 = pred.prediction(0);
-            assert_eq!(p0.credibility, p0.p_values.iter().cloned().fold(0.0, f64::max));
+            assert_eq!(
+                p0.credibility,
+                p0.p_values.iter().cloned().fold(0.0, f64::max)
+            );
             assert!(pred.confidence()[0] <= 1.0);
         }
     }
@@ -451,22 +484,43 @@ mod tests {
         let (x, y) = toy();
         let ncm = Ncm::fit(NcmKind::NearestCentroid, &x, &y, 2, 3).unwrap();
         assert_eq!(
-            IcpPredictor::calibrate(ncm.clone(), &[], &[], false, PValueMode::Standard).unwrap_err(),
+            IcpPredictor::calibrate(ncm.clone(), &[], &[], false, PValueMode::Standard)
+                .unwrap_err(),
             IcpError::EmptyCalibration
         );
-        let err = IcpPredictor::calibrate(ncm.clone(), &x[..10], &y[..5], true, PValueMode::Standard).unwrap_err();
+        let err =
+            IcpPredictor::calibrate(ncm.clone(), &x[..10], &y[..5], true, PValueMode::Standard)
+                .unwrap_err();
         assert_eq!(err, IcpError::EmptyCalibrationClass { class: 1 });
         let icp = IcpPredictor::calibrate(ncm, &x, &y, false, PValueMode::Standard).unwrap();
-        assert!(matches!(icp.predict(&[f32::NAN, 0.0], 0.1), Err(IcpError::NonFinite { .. })));
-        assert!(matches!(icp.predict(&[0.0, 0.0, 1.0], 0.1), Err(IcpError::Shape { .. })));
-        assert!(matches!(icp.predict(&[0.0, 0.0], 1.5), Err(IcpError::InvalidEpsilon(_))));
+        assert!(matches!(
+            icp.predict(&[f32::NAN, 0.0], 0.1),
+            Err(IcpError::NonFinite { .. })
+        ));
+        assert!(matches!(
+            icp.predict(&[0.0, 0.0, 1.0], 0.1),
+            Err(IcpError::Shape { .. })
+        ));
+        assert!(matches!(
+            icp.predict(&[0.0, 0.0], 1.5),
+            Err(IcpError::InvalidEpsilon(_))
+        ));
         assert!(matches!(
             Ncm::fit(NcmKind::NearestCentroid, &x[..10], &y[..5], 2, 3),
             Err(IcpError::EmptyTrainingClass { class: 1, .. })
         ));
-        assert!(matches!(Ncm::fit(NcmKind::Knn { k: 0 }, &x, &y, 2, 3), Err(IcpError::InvalidK { .. })));
-        assert!(matches!(Ncm::fit(NcmKind::Knn { k: 16 }, &x, &y, 2, 3), Err(IcpError::InvalidK { .. })));
-        assert!(matches!(Ncm::fit(NcmKind::Knn { k: 2 }, &x, &y, 2, 2), Err(IcpError::LabelOutOfRange { .. })));
+        assert!(matches!(
+            Ncm::fit(NcmKind::Knn { k: 0 }, &x, &y, 2, 3),
+            Err(IcpError::InvalidK { .. })
+        ));
+        assert!(matches!(
+            Ncm::fit(NcmKind::Knn { k: 16 }, &x, &y, 2, 3),
+            Err(IcpError::InvalidK { .. })
+        ));
+        assert!(matches!(
+            Ncm::fit(NcmKind::Knn { k: 2 }, &x, &y, 2, 2),
+            Err(IcpError::LabelOutOfRange { .. })
+        ));
     }
 
     #[test]
@@ -480,7 +534,10 @@ mod tests {
     #[test]
     fn icp_class_set_iter() {
         let words = [0b1011u64, 1 << 3];
-        let s = ClassSet { words: &words, n_classes: 70 };
+        let s = ClassSet {
+            words: &words,
+            n_classes: 70,
+        };
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 1, 3, 67]);
         assert_eq!(s.len(), 4);
         assert!(s.contains(67) && !s.contains(2) && !s.contains(200));

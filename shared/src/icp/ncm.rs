@@ -9,12 +9,18 @@
 //!
 //! Distances are Euclidean. Ratios follow one convention wherever a denominator vanishes:
 //! `0/0 = 1` (equidistant) and `x/0 = +inf` for `x > 0`; a measure never yields NaN.
+//!
+//! Arithmetic: centroid distances are direct f32 differences (`sum (x_t - mu_t)^2`), square
+//! roots and ratios in f64. k-NN and 1-NN ratio rank references by `||r||^2 - 2 q.r`
+//! (f32 gemm tiles, the query norm added in f64 where a distance is needed). All of it is
+//! exact for small-integer data, which the reference tests use to compare bit for bit with
+//! a brute-force f64 implementation.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::distance::{gram, min_key, TopK, QUERY_BLOCK, REF_TILE};
-use super::simd::{self, all_finite, row_squared_norms, squared_distance};
+use super::simd::{self, all_finite, centroid_squared_distances, row_squared_norms, CLASS_BLOCK};
 use super::IcpError;
 
 /// Which nonconformity measure to use (serialisable configuration).
@@ -48,6 +54,9 @@ enum Model {
     Centroids {
         /// C x dim, row-major.
         centroids: Vec<f32>,
+        /// transposed and padded: `ct[t * cpad + c]`, cpad = C rounded up to CLASS_BLOCK
+        ct: Vec<f32>,
+        cpad: usize,
     },
     Knn {
         k: usize,
@@ -82,6 +91,7 @@ pub(crate) struct Scratch {
     mins: Vec<f32>,
     dist: Vec<f64>,
     counts: Vec<u32>,
+    sq: Vec<f32>,
 }
 
 pub(crate) fn check_labels(labels: &[u16], n_classes: usize) -> Result<(), IcpError> {
@@ -177,7 +187,7 @@ impl Ncm {
                     .zip(&counts)
                     .flat_map(|(s, &c)| s.iter().map(move |v| (v / c as f64) as f32))
                     .collect();
-                Model::Centroids { centroids }
+                centroid_model(centroids, dim, n_classes)
             }
             NcmKind::Knn { k } => {
                 if k == 0 || k > labels.len() || labels.len() > u32::MAX as usize {
@@ -221,7 +231,11 @@ impl Ncm {
     }
 
     /// A nearest-centroid measure from given centroids (`n_classes x dim`, e.g. from a bundle).
-    pub fn from_centroids(centroids: Vec<f32>, dim: usize, n_classes: usize) -> Result<Self, IcpError> {
+    pub fn from_centroids(
+        centroids: Vec<f32>,
+        dim: usize,
+        n_classes: usize,
+    ) -> Result<Self, IcpError> {
         if n_classes < 2 {
             return Err(IcpError::TooFewClasses(n_classes));
         }
@@ -233,7 +247,7 @@ impl Ncm {
             kind: NcmKind::NearestCentroid,
             dim,
             n_classes,
-            model: Model::Centroids { centroids },
+            model: centroid_model(centroids, dim, n_classes),
         })
     }
 
@@ -252,7 +266,7 @@ impl Ncm {
     /// Class centroids (`n_classes x dim`) of a nearest-centroid measure.
     pub fn centroids(&self) -> Option<&[f32]> {
         match &self.model {
-            Model::Centroids { centroids } => Some(centroids),
+            Model::Centroids { centroids, .. } => Some(centroids),
             _ => None,
         }
     }
@@ -267,7 +281,7 @@ impl Ncm {
 
     /// Number of rows in `embeddings`, after checking its shape and finiteness.
     pub(crate) fn check_queries(&self, embeddings: &[f32]) -> Result<usize, IcpError> {
-        if embeddings.len() % self.dim != 0 {
+        if !embeddings.len().is_multiple_of(self.dim) {
             return Err(IcpError::Shape {
                 what: "embedding values (a multiple of the embedding dimension)",
                 expected: embeddings.len() / self.dim * self.dim,
@@ -338,10 +352,7 @@ impl Ncm {
         embeddings
             .par_chunks(bq * self.dim)
             .zip(out.par_chunks_mut(bq * self.n_classes))
-            .for_each_init(
-                || self.scratch(),
-                |s, (q, o)| self.score_block(q, o, s),
-            );
+            .for_each_init(|| self.scratch(), |s, (q, o)| self.score_block(q, o, s));
     }
 
     pub(crate) fn scratch(&self) -> Scratch {
@@ -359,14 +370,34 @@ impl Ncm {
             mins: vec![0.0; if tile > 0 { QUERY_BLOCK * c } else { 0 }],
             dist: vec![0.0; c],
             counts: vec![0; c],
+            sq: vec![
+                0.0;
+                if let Model::Centroids { cpad, .. } = &self.model {
+                    *cpad
+                } else {
+                    0
+                }
+            ],
         }
     }
 
     /// Whether `s` (e.g. kept from an earlier call) has the shape [`Ncm::scratch`] makes.
     pub(crate) fn scratch_fits(&self, s: &Scratch) -> bool {
         let want = self.scratch_shape();
-        let have = (s.tile.len(), s.keys.len(), s.idx.len(), s.lens.len(), s.mins.len(), s.dist.len(), s.counts.len());
-        want == have
+        let have = (
+            s.tile.len(),
+            s.keys.len(),
+            s.idx.len(),
+            s.lens.len(),
+            s.mins.len(),
+            s.dist.len(),
+            s.counts.len(),
+        );
+        let sq = match &self.model {
+            Model::Centroids { cpad, .. } => *cpad,
+            _ => 0,
+        };
+        want == have && s.sq.len() == sq
     }
 
     fn scratch_shape(&self) -> (usize, usize, usize, usize, usize, usize, usize) {
@@ -401,14 +432,11 @@ impl Ncm {
         let m = q.len() / dim;
         debug_assert!(m <= QUERY_BLOCK && out.len() == m * c);
         match &self.model {
-            Model::Centroids { centroids } => {
+            Model::Centroids { ct, cpad, .. } => {
                 for (x, o) in q.chunks_exact(dim).zip(out.chunks_exact_mut(c)) {
-                    for (d, mu) in s.dist.iter_mut().zip(centroids.chunks_exact(dim)) {
-                        *d = f64::from(squared_distance(x, mu));
-                    }
-                    // separate pass: vectorised square roots
-                    for d in s.dist.iter_mut() {
-                        *d = d.sqrt();
+                    centroid_squared_distances(x, ct, *cpad, &mut s.sq);
+                    for (d, &v) in s.dist.iter_mut().zip(&s.sq) {
+                        *d = f64::from(v).sqrt();
                     }
                     ratio_scores(&s.dist, o);
                 }
@@ -433,7 +461,11 @@ impl Ncm {
                             idx: &mut s.idx[i * k..(i + 1) * k],
                             len: &mut s.lens[i],
                         };
-                        top.scan(&s.tile[i * nb..(i + 1) * nb], &norms[start..end], start as u32);
+                        top.scan(
+                            &s.tile[i * nb..(i + 1) * nb],
+                            &norms[start..end],
+                            start as u32,
+                        );
                     }
                     start = end;
                 }
@@ -490,7 +522,27 @@ impl Ncm {
     }
 }
 
-pub(crate) fn check_rows(what: &'static str, x: &[f32], dim: usize, rows: usize) -> Result<(), IcpError> {
+fn centroid_model(centroids: Vec<f32>, dim: usize, n_classes: usize) -> Model {
+    let cpad = n_classes.div_ceil(CLASS_BLOCK) * CLASS_BLOCK;
+    let mut ct = vec![0.0f32; dim * cpad];
+    for (c, mu) in centroids.chunks_exact(dim).enumerate() {
+        for (t, &v) in mu.iter().enumerate() {
+            ct[t * cpad + c] = v;
+        }
+    }
+    Model::Centroids {
+        centroids,
+        ct,
+        cpad,
+    }
+}
+
+pub(crate) fn check_rows(
+    what: &'static str,
+    x: &[f32],
+    dim: usize,
+    rows: usize,
+) -> Result<(), IcpError> {
     if dim == 0 {
         return Err(IcpError::Shape {
             what: "embedding dimension (must be positive)",
