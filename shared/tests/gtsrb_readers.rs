@@ -460,3 +460,11 @@ fn edit(path: &Path, f: impl Fn(&str) -> String) {
     assert_ne!(s, t, "fixture edit of {} changed nothing", path.display());
     std::fs::write(path, t).unwrap();
 }
+
+/// Our built-in class-name table (used for the official layout, which has no names) is
+/// the one the compact data ship in signnames.csv.
+#[test]
+fn built_in_class_names_match_signnames_csv() {
+    let names = compact::read_class_names(&data_dir().join("gtsrb")).unwrap();
+    assert_eq!(names, shared::data::gtsrb_class_names());
+}

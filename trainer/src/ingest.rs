@@ -184,7 +184,7 @@ fn load(args: &IngestArgs, bar: &Bar) -> Result<Loaded> {
                 .collect();
             Ok(Loaded {
                 splits,
-                class_names: gtsrb_class_names(),
+                class_names: shared::data::gtsrb_class_names(),
                 split_spec,
                 details: serde_json::json!({ "skipped": data.skipped.len() }),
                 skipped,
@@ -226,11 +226,6 @@ fn load(args: &IngestArgs, bar: &Bar) -> Result<Loaded> {
             })
         }
     }
-}
-
-/// GTSRB class names, from the synthetic generator's table (it mirrors signnames.csv).
-fn gtsrb_class_names() -> Vec<String> {
-    synthetic::class_names()
 }
 
 /// Ingests and writes the dataset; returns the summary (also used by `demo`).

@@ -18,6 +18,58 @@ pub const NUM_CLASSES: usize = 43;
 /// Default image side after resizing: the side of the compact data.
 pub const DEFAULT_SIDE: usize = 32;
 
+/// The 43 GTSRB class names (signnames.csv order); the synthetic classes follow them.
+pub const GTSRB_CLASS_NAMES: [&str; NUM_CLASSES] = [
+    "Speed limit (20km/h)",
+    "Speed limit (30km/h)",
+    "Speed limit (50km/h)",
+    "Speed limit (60km/h)",
+    "Speed limit (70km/h)",
+    "Speed limit (80km/h)",
+    "End of speed limit (80km/h)",
+    "Speed limit (100km/h)",
+    "Speed limit (120km/h)",
+    "No passing",
+    "No passing for vehicles over 3.5 metric tons",
+    "Right-of-way at the next intersection",
+    "Priority road",
+    "Yield",
+    "Stop",
+    "No vehicles",
+    "Vehicles over 3.5 metric tons prohibited",
+    "No entry",
+    "General caution",
+    "Dangerous curve to the left",
+    "Dangerous curve to the right",
+    "Double curve",
+    "Bumpy road",
+    "Slippery road",
+    "Road narrows on the right",
+    "Road work",
+    "Traffic signals",
+    "Pedestrians",
+    "Children crossing",
+    "Bicycles crossing",
+    "Beware of ice/snow",
+    "Wild animals crossing",
+    "End of all speed and passing limits",
+    "Turn right ahead",
+    "Turn left ahead",
+    "Ahead only",
+    "Go straight or right",
+    "Go straight or left",
+    "Keep right",
+    "Keep left",
+    "Roundabout mandatory",
+    "End of no passing",
+    "End of no passing by vehicles over 3.5 metric tons",
+];
+
+/// The GTSRB class names, as owned strings.
+pub fn gtsrb_class_names() -> Vec<String> {
+    GTSRB_CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+}
+
 /// Errors while reading, splitting or storing image data. Every variant names the input.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
