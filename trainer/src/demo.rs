@@ -15,8 +15,9 @@ use serde::Serialize;
 use shared::data::shards::open_dataset;
 use shared::data::split::SplitName;
 use shared::data::ImageSet;
-use shared::icp::{default_epsilon_grid, IcpEvaluation, IcpPredictor, Ncm, NcmKind, PValueMode};
+use shared::icp::{NcmKind, PValueMode};
 
+use crate::evaluate::{evaluate, Embedded, Evaluation, IcpSettings};
 use crate::ingest::{self, IngestArgs, Source};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -59,16 +60,11 @@ struct DemoReport {
     seconds: f64,
     dataset_id: String,
     embedding: &'static str,
-    ncm: NcmKind,
-    mondrian: bool,
-    counts: [usize; 3],
     /// nearest-centroid accuracy on the validation split
     nc_accuracy: f64,
-    validation_silhouette: f64,
-    ece: f64,
-    mce: f64,
     icp: Vec<shared::icp::EpsilonRow>,
     artifacts: Vec<String>,
+    evaluation: Evaluation,
 }
 
 /// The interim embedding: 4x4 average pooling of the centred image, L2-normalised.
@@ -92,31 +88,6 @@ fn pixel_embedding(set: &ImageSet) -> (Vec<f32>, usize) {
         row.iter_mut().for_each(|v| *v /= norm);
     }
     (out, dim)
-}
-
-fn nc_accuracy(ncm: &Ncm, emb: &[f32], dim: usize, labels: &[u16]) -> f64 {
-    let Some(centroids) = ncm.centroids() else {
-        return f64::NAN;
-    };
-    let correct = emb
-        .chunks_exact(dim)
-        .zip(labels)
-        .filter(|(x, &y)| {
-            let best = centroids
-                .chunks_exact(dim)
-                .map(|c| {
-                    c.iter()
-                        .zip(*x)
-                        .map(|(a, b)| (a - b) * (a - b))
-                        .sum::<f32>()
-                })
-                .enumerate()
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(k, _)| k);
-            best == Some(usize::from(y))
-        })
-        .count();
-    correct as f64 / labels.len().max(1) as f64
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -159,49 +130,39 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let (train_e, dim) = pixel_embedding(&train);
     let (cal_e, _) = pixel_embedding(&cal);
     let (val_e, _) = pixel_embedding(&val);
-    let n_classes = shared::data::NUM_CLASSES;
     let kind = match args.ncm {
         NcmArg::NearestCentroid => NcmKind::NearestCentroid,
         NcmArg::Knn => NcmKind::Knn { k: args.k },
         NcmArg::NnRatio => NcmKind::NearestNeighbourRatio,
     };
-    let ncm = Ncm::fit(kind, &train_e, &train.labels, dim, n_classes)
-        .context("fitting the nonconformity measure")?;
-    let centroids = Ncm::fit(
-        NcmKind::NearestCentroid,
-        &train_e,
-        &train.labels,
+    let reference_path = args.out.join("reference.safetensors");
+    let eval = evaluate(
+        &Embedded::of(&train_e, &train),
+        &Embedded::of(&cal_e, &cal),
+        &Embedded::of(&val_e, &val),
         dim,
-        n_classes,
+        shared::data::NUM_CLASSES,
+        IcpSettings {
+            ncm: kind,
+            mondrian: args.mondrian,
+            p_values: PValueMode::Standard,
+        },
+        Some(&reference_path),
     )?;
-    let icp = IcpPredictor::calibrate(
-        ncm,
-        &cal_e,
-        &cal.labels,
-        args.mondrian,
-        PValueMode::Standard,
-    )
-    .context("calibrating")?;
-    let eval: IcpEvaluation = icp
-        .evaluate(&val_e, &val.labels, &default_epsilon_grid())
-        .context("evaluating on the validation split")?;
-    let silhouette = shared::silhouette::silhouette_score(&val_e, dim, &val.labels)
-        .context("validation silhouette")?;
 
     let report_path = args.out.join("report.json");
     let report = DemoReport {
         seconds: start.elapsed().as_secs_f64(),
         dataset_id: summary.dataset_id.clone(),
         embedding: "untrained: 4x4 average-pooled pixels, centred, L2-normalised (the trainer issue replaces it)",
-        ncm: kind,
-        mondrian: args.mondrian,
-        counts: [train.len(), cal.len(), val.len()],
-        nc_accuracy: nc_accuracy(&centroids, &val_e, dim, &val.labels),
-        validation_silhouette: silhouette,
-        ece: eval.ece,
-        mce: eval.mce,
-        icp: eval.rows.clone(),
-        artifacts: vec![summary.location.clone(), report_path.display().to_string()],
+        nc_accuracy: eval.nc_accuracy,
+        icp: eval.icp.clone(),
+        artifacts: vec![
+            summary.location.clone(),
+            reference_path.display().to_string(),
+            report_path.display().to_string(),
+        ],
+        evaluation: eval.clone(),
     };
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", report_path.display()))?;
@@ -219,8 +180,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     println!("embedding: {}", report.embedding);
     println!(
-        "nearest-centroid accuracy (validation) {:.3}, silhouette {:.3}",
-        report.nc_accuracy, report.validation_silhouette
+        "validation: nearest-centroid accuracy {:.3}, k-NN accuracy {:.3}, silhouette {:.3}",
+        eval.nc_accuracy, eval.knn_accuracy, eval.validation_silhouette
     );
     println!(
         "ICP ({}{}) on validation:",
@@ -232,7 +193,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "epsilon", "error", "mean |set|", "empty", "singleton", "multiple"
     );
     for eps in [0.01, 0.02, 0.05, 0.10, 0.15, 0.2] {
-        if let Some(r) = eval.at(eps) {
+        if let Some(r) = eval.full.at(eps) {
             println!(
                 "{:>8.3} {:>10.4} {:>9.2} {:>7.3} {:>9.3} {:>8.3}",
                 r.epsilon, r.error_rate, r.mean_set_size, r.empty, r.singleton, r.multiple

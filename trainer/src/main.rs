@@ -5,8 +5,13 @@
 
 mod bench;
 mod demo;
+mod evaluate;
 mod ingest;
+mod plots;
 mod progress;
+mod registry;
+mod runs;
+mod training;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

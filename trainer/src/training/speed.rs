@@ -1,0 +1,126 @@
+//! Speed of the reference network: training steps (forward, backward, AdamW update) and
+//! inference, in images per second, for `trainer bench train`.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use rand::Rng;
+use serde::Serialize;
+
+use super::config::TrialConfig;
+use super::model::{Arch, Backbone, ConvKernel};
+use super::optim::AdamW;
+use super::rng_for;
+
+/// Measured speeds (after one warm-up step / pass each).
+#[derive(Clone, Debug, Serialize)]
+pub struct SpeedReport {
+    pub kernel: String,
+    pub side: usize,
+    pub batch: usize,
+    /// Training images/s: forward in training mode (dropout), loss `mean(e^2)`, backward,
+    /// AdamW update.
+    pub train_images_per_sec: f64,
+    /// Inference images/s at `batch`.
+    pub forward_images_per_sec: f64,
+    /// Inference latency of one image, milliseconds (median of `steps` runs).
+    pub latency_b1_ms: f64,
+}
+
+/// Times `steps` training steps and `steps` forward passes of the reference network
+/// (`TrialConfig::reference()`'s model) on random images in the current thread pool.
+pub fn measure(kernel: ConvKernel, side: usize, batch: usize, steps: usize) -> Result<SpeedReport> {
+    let cfg = TrialConfig::reference();
+    let dev = super::device()?;
+    let mut rng = rng_for(0, None);
+    let mut net = Backbone::new(Arch::new(side, &cfg.model)?, &dev, &mut rng)?;
+    net.set_kernel(kernel);
+    let mut opt = AdamW::new(net.params(), 1e-4)?;
+    let data: Vec<f32> = (0..batch * 3 * side * side)
+        .map(|_| rng.random_range(-0.5f32..0.5))
+        .collect();
+    let x = candle_core::Tensor::from_vec(data, (batch, 3, side, side), net.device())?;
+    let x1 = x.narrow(0, 0, 1)?;
+    let steps = steps.max(1);
+    let mut train_s = 0.0;
+    for i in 0..=steps {
+        let t0 = Instant::now();
+        let e = net.forward_train(&x, &mut rng)?;
+        let loss = e.sqr()?.mean_all()?;
+        let g = loss.backward()?;
+        opt.step(&g, 1e-4)?;
+        if i > 0 {
+            train_s += t0.elapsed().as_secs_f64();
+        }
+    }
+    let mut fwd_s = 0.0;
+    let mut lat = Vec::with_capacity(steps);
+    for i in 0..=steps {
+        let t0 = Instant::now();
+        net.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        if i > 0 {
+            fwd_s += t0.elapsed().as_secs_f64();
+        }
+        let t0 = Instant::now();
+        net.forward(&x1)?.flatten_all()?.to_vec1::<f32>()?;
+        if i > 0 {
+            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(SpeedReport {
+        kernel: format!("{:?}", net.kernel()),
+        side,
+        batch,
+        train_images_per_sec: (steps * batch) as f64 / train_s,
+        forward_images_per_sec: (steps * batch) as f64 / fwd_s,
+        latency_b1_ms: lat[lat.len() / 2],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speed_report_is_positive() {
+        let r = measure(ConvKernel::Im2col, 8, 4, 1).unwrap();
+        assert!(r.train_images_per_sec > 0.0 && r.forward_images_per_sec > 0.0);
+        assert!(r.latency_b1_ms > 0.0);
+    }
+
+    /// `cargo test -p trainer speed_reference_net -- --ignored --nocapture` with
+    /// RAYON_NUM_THREADS set: the figures of the reference net at 32x32, batch 64.
+    #[test]
+    #[ignore = "benchmark: slow, run by hand"]
+    fn speed_breakdown() {
+        let cfg = TrialConfig::reference();
+        let dev = crate::training::device().unwrap();
+        let mut rng = rng_for(0, None);
+        for kernel in [ConvKernel::Im2col, ConvKernel::Candle] {
+            let mut net =
+                Backbone::new(Arch::new(32, &cfg.model).unwrap(), &dev, &mut rng).unwrap();
+            net.set_kernel(kernel);
+            let x =
+                candle_core::Tensor::zeros((64, 3, 32, 32), candle_core::DType::F32, &dev).unwrap();
+            for _ in 0..3 {
+                let t0 = Instant::now();
+                let e = net.forward_train(&x, &mut rng).unwrap();
+                let loss = e.sqr().unwrap().mean_all().unwrap();
+                let t1 = Instant::now();
+                let _g = loss.backward().unwrap();
+                let t2 = Instant::now();
+                eprintln!("{kernel:?}: forward {:?} backward {:?}", t1 - t0, t2 - t1);
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "benchmark: slow, run by hand"]
+    fn speed_reference_net() {
+        for kernel in [ConvKernel::Im2col, ConvKernel::Candle] {
+            let r = measure(kernel, 32, 64, 5).unwrap();
+            eprintln!("{}", serde_json::to_string(&r).unwrap());
+        }
+    }
+}
