@@ -428,3 +428,62 @@ pub fn run_icp(args: &IcpBenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `trainer bench train`: training and inference speed of the reference network.
+#[derive(clap::Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Print the figures as one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Batch size of the training and forward figures.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 32)]
+    pub side: usize,
+    /// Timed steps per figure (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+}
+
+/// Measures our convolution (im2col on candle ops, the trainer's default) against
+/// candle's own `conv2d`, in one run. The PyTorch side of the comparison is not measured
+/// yet: torch is not in the benchmark venv (see the README).
+pub fn run_train(args: &TrainBenchArgs) -> anyhow::Result<()> {
+    use crate::training::{measure_speed, ConvKernel};
+    let ours = measure_speed(ConvKernel::Im2col, args.side, args.batch, args.steps)?;
+    let candle = measure_speed(ConvKernel::Candle, args.side, args.batch, args.steps)?;
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let figures = serde_json::json!({
+        "bench": "train",
+        "threads": rayon::current_num_threads(),
+        "batch": args.batch,
+        "side": args.side,
+        "ours": ours,
+        "candle_conv2d": candle,
+        "train_ratio_vs_candle": ratio(ours.train_images_per_sec, candle.train_images_per_sec),
+        "forward_ratio_vs_candle": ratio(ours.forward_images_per_sec, candle.forward_images_per_sec),
+        "latency_b1_ratio_vs_candle": ratio(candle.latency_b1_ms, ours.latency_b1_ms),
+        "pytorch": null,
+    });
+    println!(
+        "reference net {s}x{s}, batch {b}, {t} threads",
+        s = args.side,
+        b = args.batch,
+        t = rayon::current_num_threads()
+    );
+    println!(
+        "{:<28} {:>14} {:>14} {:>12}",
+        "", "train img/s", "forward img/s", "b1 ms"
+    );
+    for r in [&ours, &candle] {
+        println!(
+            "{:<28} {:>14.1} {:>14.1} {:>12.2}",
+            r.kernel, r.train_images_per_sec, r.forward_images_per_sec, r.latency_b1_ms
+        );
+    }
+    if args.json {
+        println!("{figures}");
+    }
+    Ok(())
+}

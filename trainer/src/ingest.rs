@@ -42,6 +42,13 @@ impl FromStr for Source {
     }
 }
 
+impl IngestArgs {
+    /// `gtsrb`, `u8` or `synthetic`.
+    pub fn source_kind(&self) -> &'static str {
+        self.source.kind()
+    }
+}
+
 impl Source {
     fn kind(&self) -> &'static str {
         match self {

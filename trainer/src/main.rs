@@ -9,9 +9,14 @@ mod evaluate;
 mod ingest;
 mod plots;
 mod progress;
+// Part of the registry's API (best_run, metric_history, heartbeat) serves `trainer best`
+// and the cloud issue; its tests (tests/registry_backends.rs) exercise all of it.
+#[allow(dead_code)]
 mod registry;
 mod runs;
+mod train_cmd;
 mod training;
+mod trial;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,6 +32,10 @@ use clap::{Parser, Subcommand};
                   output go to stdout."
 )]
 struct Cli {
+    /// Run registry URL: `sqlite://FILE?mode=rwc` (embedded default) or
+    /// `mysql://USER:PASSWORD@HOST:PORT/DB`.
+    #[arg(long, global = true, env = registry::URL_ENV, default_value = registry::DEFAULT_URL)]
+    registry: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +45,12 @@ enum Command {
     /// Read images (official GTSRB layout, compact u8 files, or synthetic signs), resize,
     /// split by track and write a versioned dataset to a directory or object-store URL.
     Ingest(ingest::IngestArgs),
+    /// Train one trial (siamese embedding network), calibrate and evaluate its conformal
+    /// predictor, and record everything in the run registry.
+    Train(train_cmd::TrainArgs),
+    /// List and inspect recorded runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Run the offline path end to end on synthetic signs (or --data): ingest, embed,
     /// calibrate, evaluate; prints the ICP table over epsilon.
     Demo(demo::DemoArgs),
@@ -48,6 +63,9 @@ enum Command {
 enum BenchCommand {
     /// ICP decisions/s (nearest centroid, k-NN) and silhouette against NumPy / scikit-learn.
     Icp(bench::IcpBenchArgs),
+    /// Training and inference images/s of the reference network: our convolution vs
+    /// candle's own conv2d.
+    Train(bench::TrainBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +77,12 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // candle sizes its matrix products from RAYON_NUM_THREADS and rayon's default counts
+    // physical cores only: use every logical CPU unless the user chose.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -73,6 +97,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ingest(args) => ingest::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Train(args) => train_cmd::run(&args, &cli.registry),
+        Command::Runs(cmd) => runs::run(&cmd, &cli.registry),
         Command::Bench(BenchCommand::Icp(args)) => bench::run_icp(&args),
+        Command::Bench(BenchCommand::Train(args)) => bench::run_train(&args),
     }
 }

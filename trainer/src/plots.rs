@@ -7,7 +7,6 @@
 //! the same pictures as a developer's.
 
 // The run pipeline calls these once it records plots; until then only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! `trainer runs list|show`: read the run registry from the terminal or as JSON.
 
 // Wired into the CLI by main.rs; until then only the tests reach it.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

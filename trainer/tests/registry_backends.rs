@@ -5,6 +5,7 @@
 //! URL without a database); the MySQL tests fail, not skip, when it is not: the project's test
 //! script starts it.
 
+#[allow(dead_code)] // the binary uses what these tests do not
 #[path = "../src/registry/mod.rs"]
 mod registry;
 #[path = "../src/runs.rs"]

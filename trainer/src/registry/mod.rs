@@ -36,7 +36,6 @@
 
 // Parts of the API (models, best-run selection, history) are used by commands that land
 // later; the tests exercise all of it.
-#![allow(dead_code)]
 
 mod blocking;
 mod guard;
@@ -56,7 +55,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 #[allow(unused_imports)] // the public API, used as the commands that need it land
 pub use blocking::BlockingRegistry;
 #[allow(unused_imports)]
-pub use guard::{Heartbeat, RunGuard};
+pub use guard::{Heartbeat, RunGuard, HEARTBEAT_EVERY};
 #[allow(unused_imports)]
 pub use migrate::{MIGRATIONS_TABLE, SCHEMA_VERSION};
 
@@ -984,6 +983,36 @@ impl Registry {
                 run: run.to_string(),
                 from,
                 to: status,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes a `killed` or `failed` run back to `running` in this process, for `--resume`:
+    /// the run's record continues instead of a second run being started. A `finished` run
+    /// is never reopened.
+    pub async fn reopen_run(&self, run: &RunId) -> Result<()> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE runs SET status = ?, end_ms = NULL, heartbeat_ms = ?, host = ?, pid = ? \
+             WHERE id = ? AND status IN (?, ?)",
+        )
+        .bind(Status::Running.as_str())
+        .bind(now)
+        .bind(host_name())
+        .bind(i64::from(std::process::id()))
+        .bind(run.as_str())
+        .bind(Status::Killed.as_str())
+        .bind(Status::Failed.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(self.err("runs", "update"))?;
+        if done.rows_affected() == 0 {
+            let from = self.status(run).await?;
+            return Err(RegistryError::InvalidTransition {
+                run: run.to_string(),
+                from,
+                to: Status::Running,
             });
         }
         Ok(())

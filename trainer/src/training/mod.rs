@@ -18,7 +18,6 @@
 
 // Until `trainer train` / `trainer demo` call into this module (the lead wires the CLI),
 // the binary target does not use it; tests do. Remove this line when it is wired.
-#![cfg_attr(not(test), allow(dead_code))]
 
 pub mod augment;
 pub mod config;
@@ -40,7 +39,8 @@ use serde::{Deserialize, Serialize};
 use shared::data::ImageSet;
 
 pub use config::{LossKind, StopMetric, TrialConfig};
-pub use model::{embed, Arch, Backbone};
+pub use model::{embed, Arch, Backbone, ConvKernel};
+pub use speed::measure as measure_speed;
 
 /// The checkpoint (weights, optimiser moments, loop state).
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -80,7 +80,9 @@ pub trait TrainObserver: Send {
 }
 
 /// An observer that ignores everything.
+#[cfg(test)]
 pub struct NoObserver;
+#[cfg(test)]
 impl TrainObserver for NoObserver {}
 
 /// One evaluation on the validation split.

@@ -35,6 +35,7 @@ impl AdamW {
         })
     }
 
+    #[cfg(test)]
     pub fn steps(&self) -> u64 {
         self.t
     }

@@ -1,0 +1,384 @@
+//! One trial end to end: dataset -> train -> embed -> calibrate -> evaluate -> plots,
+//! recorded in the run registry. `trainer train` and `trainer demo` both run this.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shared::data::shards::open_dataset;
+use shared::data::split::SplitName;
+
+use crate::evaluate::{evaluate, Embedded, Evaluation, IcpSettings};
+use crate::registry::{Artifact, BlockingRegistry, NewRun, RunGuard, RunId, Status};
+use crate::training::{self, StepProgress, TrainObserver, TrialConfig};
+
+/// What to run and where to record it.
+pub struct TrialRequest {
+    pub cfg: TrialConfig,
+    /// Dataset location written by `trainer ingest` (a root with LATEST, or a version).
+    pub dataset: String,
+    pub registry_url: String,
+    /// Folder under which each run gets `<run_id>/` (checkpoints, weights, plots).
+    pub artifacts: PathBuf,
+    pub experiment: String,
+    pub name: String,
+    /// Continue this run (id or prefix) from its last checkpoint.
+    pub resume: Option<String>,
+    pub icp: IcpSettings,
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrialReport {
+    pub run_id: String,
+    pub seconds: f64,
+    pub nc_accuracy: f64,
+    pub icp: Vec<shared::icp::EpsilonRow>,
+    pub training: TrainingSummary,
+    pub evaluation: Evaluation,
+    pub artifacts: Vec<String>,
+    pub run_dir: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainingSummary {
+    pub steps: usize,
+    pub total_steps: usize,
+    pub resumed_at: usize,
+    pub stopped_early: bool,
+    pub chosen_step: usize,
+    pub images_per_sec: f64,
+    pub seconds: f64,
+    /// Validation figures at each evaluation during training.
+    pub evaluations: Vec<training::Evaluation>,
+    pub best: Option<training::Evaluation>,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+}
+
+/// Sends metrics to the registry in batches and drives the progress bar.
+struct Recorder<'a> {
+    reg: &'a BlockingRegistry,
+    run: RunId,
+    pending: Vec<(String, i64, f64)>,
+    history: Vec<(u64, String, f64)>,
+    bar: indicatif::ProgressBar,
+    failed: Option<String>,
+}
+
+impl Recorder<'_> {
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        // A registry hiccup must not kill hours of training: keep going, report at the end.
+        if let Err(e) = self
+            .reg
+            .block_on(self.reg.registry().log_metrics(&self.run, &batch))
+        {
+            tracing::warn!("could not record {} metric points: {e}", batch.len());
+            self.failed.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+impl TrainObserver for Recorder<'_> {
+    fn metric(&mut self, step: usize, _epoch: usize, name: &str, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        self.pending.push((name.to_string(), step as i64, value));
+        self.history.push((step as u64, name.to_string(), value));
+        if name.starts_with("validation") {
+            tracing::info!(step, "{name} = {value:.4}");
+        }
+        if self.pending.len() >= 200 {
+            self.flush();
+        }
+    }
+
+    fn progress(&mut self, p: &StepProgress) {
+        self.bar.set_length(p.total_steps as u64);
+        self.bar.set_position(p.step as u64);
+        self.bar.set_message(format!(
+            "epoch {}/{} loss {:.4} lr {:.2e} {:.0} img/s",
+            p.epoch + 1,
+            p.epochs,
+            p.loss,
+            p.lr,
+            p.images_per_sec
+        ));
+    }
+
+    fn checkpoint(&mut self, step: usize, _path: &Path) {
+        self.flush();
+        tracing::debug!(step, "checkpoint written");
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
+}
+
+/// Runs one trial. The registry run is `running` while this works, `finished` only when
+/// everything is recorded, and `failed` if anything returns an error (the guard's drop).
+pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
+    let start = Instant::now();
+    req.cfg.validate().context("trial configuration")?;
+    let reg = BlockingRegistry::open(&req.registry_url)
+        .with_context(|| format!("opening the run registry {}", req.registry_url))?;
+    let root = shared::store::open(&req.dataset)
+        .with_context(|| format!("opening dataset location {}", req.dataset))?;
+    let (manifest, train, cal, val) = reg
+        .block_on(async {
+            let ds = open_dataset(&root).await?;
+            anyhow::Ok((
+                ds.manifest.clone(),
+                ds.read_split(SplitName::Train).await?,
+                ds.read_split(SplitName::Calibration).await?,
+                ds.read_split(SplitName::Validation).await?,
+            ))
+        })
+        .with_context(|| format!("reading dataset {}", req.dataset))?;
+    if train.is_empty() || cal.is_empty() || val.is_empty() {
+        bail!(
+            "dataset {} needs non-empty train, calibration and validation splits (has {} / {} / {})",
+            manifest.dataset_id,
+            train.len(),
+            cal.len(),
+            val.len()
+        );
+    }
+    let n_classes = manifest.class_names.len();
+
+    let config_toml = req.cfg.to_toml_string();
+    let guard = match &req.resume {
+        None => reg.block_on(RunGuard::start(
+            reg.registry(),
+            &NewRun {
+                experiment: req.experiment.clone(),
+                name: req.name.clone(),
+                config: config_toml.clone(),
+                seed: Some(req.cfg.seed),
+                dataset_id: Some(manifest.dataset_id.clone()),
+                dataset_sha256: Some(manifest.sha256()),
+                code_version: None,
+            },
+        ))?,
+        Some(prefix) => {
+            let id = reg.block_on(reg.registry().resolve_run(prefix))?;
+            reg.block_on(reg.registry().reopen_run(&id))
+                .with_context(|| format!("resuming run {id}"))?;
+            RunGuard::adopt(reg.registry(), id, crate::registry::HEARTBEAT_EVERY)
+        }
+    };
+    let run = guard.id().clone();
+    let run_dir = req.artifacts.join(run.as_str());
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating run folder {}", run_dir.display()))?;
+    tracing::info!(run = %run, "run folder {}", run_dir.display());
+    if req.resume.is_none() {
+        let params = [
+            ("config_toml".to_string(), config_toml.clone()),
+            ("dataset".to_string(), req.dataset.clone()),
+            ("ncm".to_string(), req.icp.ncm.name().to_string()),
+            ("mondrian".to_string(), req.icp.mondrian.to_string()),
+        ];
+        reg.block_on(reg.registry().log_params(&run, &params))?;
+    }
+
+    let bar = if req.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "train [{bar:30}] {pos}/{len} steps {msg} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    };
+    let mut rec = Recorder {
+        reg: &reg,
+        run: run.clone(),
+        pending: vec![],
+        history: vec![],
+        bar,
+        failed: None,
+    };
+    let outcome = training::train(
+        &req.cfg,
+        &train,
+        Some(&val),
+        &run_dir,
+        req.resume.is_some(),
+        &mut rec,
+    )
+    .context("training")?;
+    rec.flush();
+    rec.bar.finish_and_clear();
+
+    let embed = |set| training::embed(&outcome.model, set, 256);
+    let (te, ce, ve) = (embed(&train)?, embed(&cal)?, embed(&val)?);
+    let dim = req.cfg.model.embedding_dim;
+    let reference = run_dir.join("reference.safetensors");
+    let eval = evaluate(
+        &Embedded::of(&te, &train),
+        &Embedded::of(&ce, &cal),
+        &Embedded::of(&ve, &val),
+        dim,
+        n_classes,
+        req.icp,
+        Some(&reference),
+    )?;
+
+    let calibration_png = run_dir.join("calibration.png");
+    crate::plots::calibration_plot(&eval.full, eval.validation_tracks, &calibration_png)?;
+    let curves_png = run_dir.join("training_curves.png");
+    crate::plots::training_curves(&rec.history, &curves_png)?;
+    let projection_png = run_dir.join("embeddings_pca.png");
+    crate::plots::embedding_projection(
+        &ve,
+        dim,
+        &val.labels,
+        &manifest.class_names,
+        &projection_png,
+    )?;
+
+    let training = TrainingSummary {
+        steps: outcome.steps,
+        total_steps: outcome.total_steps,
+        resumed_at: outcome.resumed_at,
+        stopped_early: outcome.stopped_early,
+        chosen_step: outcome.chosen_step,
+        images_per_sec: outcome.images_per_sec,
+        seconds: outcome.seconds,
+        evaluations: outcome.evaluations.clone(),
+        best: outcome.best.clone(),
+        first_loss: outcome.losses.first().copied(),
+        last_loss: outcome.losses.last().copied(),
+    };
+    let report_path = run_dir.join("report.json");
+    let files = [
+        ("weights", outcome.weights_path.clone()),
+        ("reference", reference),
+        ("calibration_plot", calibration_png),
+        ("training_curves", curves_png),
+        ("embedding_projection", projection_png),
+    ];
+    let mut report = TrialReport {
+        run_id: run.to_string(),
+        seconds: 0.0,
+        nc_accuracy: eval.nc_accuracy,
+        icp: eval.icp.clone(),
+        training,
+        evaluation: eval.clone(),
+        artifacts: files
+            .iter()
+            .map(|(_, p)| p.display().to_string())
+            .chain([report_path.display().to_string()])
+            .collect(),
+        run_dir: run_dir.display().to_string(),
+    };
+    report.seconds = start.elapsed().as_secs_f64();
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+
+    let registry = reg.registry();
+    for (name, path) in files.iter().chain([&("report", report_path.clone())]) {
+        let (sha256, bytes) = sha256_file(path)?;
+        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        let artifact = Artifact {
+            name: name.to_string(),
+            uri: format!("file://{}", abs.display()),
+            sha256,
+            bytes,
+            created_ms: 0,
+        };
+        reg.block_on(registry.log_artifact(&run, &artifact))?;
+    }
+    let mut finals = vec![
+        ("validation_nc_accuracy".to_string(), eval.nc_accuracy),
+        ("validation_knn_accuracy".to_string(), eval.knn_accuracy),
+        ("ece".to_string(), eval.ece),
+        ("mce".to_string(), eval.mce),
+        ("train_images_per_sec".to_string(), outcome.images_per_sec),
+    ];
+    for (k, v) in [
+        ("train_silhouette", eval.train_silhouette),
+        ("calibration_silhouette", eval.calibration_silhouette),
+        ("validation_silhouette", eval.validation_silhouette),
+    ] {
+        if v.is_finite() {
+            finals.push((k.to_string(), v));
+        }
+    }
+    for v in &eval.validity {
+        let tag = format!("{:03}", (v.epsilon * 1000.0).round() as u32);
+        finals.push((format!("icp_error_eps{tag}"), v.error_rate));
+        finals.push((format!("icp_singleton_eps{tag}"), v.singleton));
+    }
+    reg.block_on(registry.log_final_metrics(&run, &finals))?;
+    if let Some(e) = rec.failed {
+        bail!("training finished but some per-step metrics could not be recorded: {e}");
+    }
+    reg.block_on(guard.finish(Status::Finished))?;
+    Ok(report)
+}
+
+/// Prints the human summary of a trial.
+pub fn print_report(r: &TrialReport) {
+    let e = &r.evaluation;
+    println!(
+        "run {}: {} steps ({:.0} img/s), {} / {} / {} images",
+        r.run_id,
+        r.training.steps,
+        r.training.images_per_sec,
+        e.counts[0],
+        e.counts[1],
+        e.counts[2]
+    );
+    println!(
+        "validation: nearest-centroid accuracy {:.4}, k-NN accuracy {:.4}, silhouette {:.3}",
+        e.nc_accuracy, e.knn_accuracy, e.validation_silhouette
+    );
+    println!(
+        "ICP ({}{}) on validation ({} tracks):",
+        e.icp_settings.ncm.name(),
+        if e.icp_settings.mondrian {
+            ", Mondrian"
+        } else {
+            ""
+        },
+        e.validation_tracks
+    );
+    println!(
+        "{:>8} {:>8} {:>10} {:>7} {:>9} {:>8}",
+        "epsilon", "error", "mean |set|", "empty", "singleton", "multiple"
+    );
+    for eps in [0.01, 0.02, 0.05, 0.10, 0.15, 0.2] {
+        if let Some(row) = e.full.at(eps) {
+            println!(
+                "{:>8.3} {:>8.4} {:>10.2} {:>7.3} {:>9.3} {:>8.3}",
+                row.epsilon,
+                row.error_rate,
+                row.mean_set_size,
+                row.empty,
+                row.singleton,
+                row.multiple
+            );
+        }
+    }
+    println!("ece {:.4}, mce {:.4}", e.ece, e.mce);
+    println!("artifacts in {}:", r.run_dir);
+    for a in &r.artifacts {
+        println!("  {a}");
+    }
+    println!("done in {:.1}s", r.seconds);
+}
