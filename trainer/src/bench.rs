@@ -446,8 +446,8 @@ pub struct TrainBenchArgs {
     pub steps: usize,
 }
 
-/// Measures our convolution (im2col on candle ops, the trainer's default) against
-/// candle's own `conv2d`, in one run. The PyTorch side of the comparison is not measured
+/// Measures our im2col convolution against candle's own `conv2d` (the trainer's
+/// default), in one run. The PyTorch side of the comparison is not measured
 /// yet: torch is not in the benchmark venv (see the README).
 pub fn run_train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     use crate::training::{measure_speed, ConvKernel};
@@ -459,7 +459,7 @@ pub fn run_train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         "threads": rayon::current_num_threads(),
         "batch": args.batch,
         "side": args.side,
-        "ours": ours,
+        "im2col": ours,
         "candle_conv2d": candle,
         "train_ratio_vs_candle": ratio(ours.train_images_per_sec, candle.train_images_per_sec),
         "forward_ratio_vs_candle": ratio(ours.forward_images_per_sec, candle.forward_images_per_sec),
