@@ -1,6 +1,9 @@
 //! The GTSRB readers against the real data in `../shared/data` (env `EDGECP_DATA`) and
 //! against small fixtures in both official layouts, written to temporary folders.
 
+mod common;
+use common::data_dir;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,21 +11,6 @@ use std::time::Instant;
 use shared::data::compact;
 use shared::data::gtsrb::{read_gtsrb, GtsrbData, GtsrbOptions, CSV_HEADER};
 use shared::data::{DataError, NUM_CLASSES};
-
-/// The shared data folder: `$EDGECP_DATA`, else `../shared/data` beside the workspace.
-/// Missing data fail the test loudly: a silently skipped parity test proves nothing.
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("EDGECP_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    assert!(
-        dir.join("gtsrb").is_dir() && dir.join("gtsrb-official-subset").is_dir(),
-        "GTSRB test data not found at {}: set the environment variable EDGECP_DATA to the \
-         folder that holds gtsrb/ and gtsrb-official-subset/",
-        dir.display()
-    );
-    dir
-}
 
 fn subset_root() -> PathBuf {
     data_dir().join("gtsrb-official-subset").join("GTSRB")

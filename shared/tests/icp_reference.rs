@@ -11,8 +11,9 @@
 // The brute force is written as plain index loops on purpose.
 #![allow(clippy::needless_range_loop)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -631,38 +632,6 @@ fn validity_nn_ratio() {
 // ---------------------------------------------------------------------------------------
 // crepes
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("EDGECP_PYTHON") {
-        if !p.trim().is_empty() {
-            return PathBuf::from(p.trim());
-        }
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pyenv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} to set up the Python venv ({e}); set EDGECP_PYTHON",
-                script.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "{} failed ({}): {}\nset EDGECP_PYTHON to a python with numpy, scikit-learn and crepes 0.8.0",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().unwrap_or("").trim().to_string();
-    assert!(
-        !path.is_empty() && Path::new(&path).exists(),
-        "scripts/pyenv.sh printed no python path: {stdout:?}"
-    );
-    PathBuf::from(path)
-}
-
 fn write_f64(path: &Path, v: &[f64]) {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(path, bytes).unwrap();
@@ -710,24 +679,7 @@ fn crepes_agreement(kind: NcmKind, seed: u64) {
     let labels: Vec<u8> = cy.iter().flat_map(|l| l.to_le_bytes()).collect();
     std::fs::write(d.join("cal_labels.u16"), labels).unwrap();
     write_f64(&d.join("test_scores.f64"), &test);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/crepes_ref.py");
-    let py = python();
-    let out = Command::new(&py)
-        .arg(&script)
-        .arg(d)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run python {} ({e}); set EDGECP_PYTHON to the venv python",
-                py.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "crepes_ref.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_reference_script("crepes_ref.py", d);
 
     let pooled = Calibration::pooled(&cal, c).unwrap();
     let mond = Calibration::mondrian(&cal, &cy, c).unwrap();

@@ -2,45 +2,13 @@
 //! (Python, via `scripts/py/silhouette_ref.py`). Python is found through `EDGECP_PYTHON`,
 //! else `scripts/pyenv.sh`; if neither works the tests fail (never pass silently).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use shared::silhouette::{silhouette, silhouette_score, SilhouetteError};
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("EDGECP_PYTHON") {
-        if !p.trim().is_empty() {
-            return PathBuf::from(p.trim());
-        }
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pyenv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} to set up the Python venv ({e}); set EDGECP_PYTHON",
-                script.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "{} failed ({}): {}\nset EDGECP_PYTHON to a python with numpy and scikit-learn",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().unwrap_or("").trim().to_string();
-    assert!(
-        !path.is_empty() && Path::new(&path).exists(),
-        "scripts/pyenv.sh printed no python path: {stdout:?}"
-    );
-    PathBuf::from(path)
-}
 
 /// (score, samples) from scikit-learn on the same f32 values (widened to f64 exactly).
 fn sklearn(x: &[f32], dim: usize, labels: &[u16]) -> (f64, Vec<f64>) {
@@ -64,24 +32,7 @@ fn sklearn(x: &[f32], dim: usize, labels: &[u16]) -> (f64, Vec<f64>) {
             .collect::<Vec<u8>>(),
     )
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/silhouette_ref.py");
-    let py = python();
-    let out = Command::new(&py)
-        .arg(&script)
-        .arg(d)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run python {} ({e}); set EDGECP_PYTHON to the venv python",
-                py.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "silhouette_ref.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_reference_script("silhouette_ref.py", d);
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     let score = v["score"].as_f64().unwrap();

@@ -1,24 +1,16 @@
 //! Split leakage on the real GTSRB meta data: no track (physical sign) in two splits, and
 //! every class calibrated, for the splits `trainer ingest` makes from the compact files.
 
+mod common;
+
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 
 use shared::data::compact;
 use shared::data::split::{split_indices, SplitSpec};
 use shared::data::NUM_CLASSES;
 
-fn compact_dir() -> PathBuf {
-    let dir = std::env::var_os("EDGECP_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
-        .join("gtsrb");
-    assert!(
-        dir.join("train.meta.csv").is_file(),
-        "GTSRB compact data not found at {} (set EDGECP_DATA to the folder holding gtsrb/)",
-        dir.display()
-    );
-    dir
+fn compact_dir() -> std::path::PathBuf {
+    common::data_dir().join("gtsrb")
 }
 
 #[test]
