@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};

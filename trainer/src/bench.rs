@@ -446,8 +446,8 @@ pub struct TrainBenchArgs {
     pub steps: usize,
 }
 
-/// Measures our im2col convolution against candle's own `conv2d` (the trainer's
-/// default), in one run. The PyTorch side of the comparison is not measured
+/// Measures our im2col convolution (the trainer's default) against candle's own
+/// `conv2d`, in one run. The PyTorch side of the comparison is not measured
 /// yet: torch is not in the benchmark venv (see the README).
 pub fn run_train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     use crate::training::{measure_speed, ConvKernel};

@@ -114,10 +114,11 @@ impl Arch {
     }
 }
 
-/// How convolutions are computed (forward and backward). `Candle` is the default: in a
-/// release build on an idle 2-core machine it measured faster (71 vs 57 training img/s,
-/// 349 vs 259 forward img/s at batch 64; `trainer bench train --steps 10`, 2026-11-25).
-/// Im2col stays as the place where the training-speed issue's kernels go.
+/// How convolutions are computed (forward and backward). `Im2col` is the default although
+/// candle's conv2d measured faster in a short release benchmark (71 vs 57 training img/s,
+/// 349 vs 259 forward img/s at batch 64; `trainer bench train --steps 10`, 2026-11-25):
+/// inside the training loop, candle's conv2d made the process grow to 24 GB and get
+/// OOM-killed within 120 steps of `trainer demo`, where Im2col stays flat. Unexplained yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvKernel {
     /// candle's `conv2d` (its input gradient is a direct conv_transpose2d loop on CPU).
@@ -187,7 +188,7 @@ impl Backbone {
         Ok(Backbone {
             arch,
             device: device.clone(),
-            kernel: ConvKernel::Candle,
+            kernel: ConvKernel::Im2col,
             params,
             running,
         })
