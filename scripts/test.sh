@@ -27,6 +27,19 @@ if [ ! -d "$EDGECP_DATA/gtsrb" ]; then
   echo "warning: $EDGECP_DATA/gtsrb is missing: tests that read GTSRB will fail and say so (set EDGECP_DATA)" >&2
 fi
 
+step "MariaDB on 127.0.0.1:3306 (the registry tests run on SQLite and MariaDB)"
+db_up() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }
+if ! db_up; then
+  if [ -x /usr/sbin/mariadbd ]; then
+    echo "starting mariadbd" >&2
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  else
+    echo "MariaDB is not installed: apt-get install mariadb-server, or point EDGECP_TEST_MYSQL at a server" >&2
+  fi
+  for _ in $(seq 1 30); do db_up && break; sleep 1; done
+fi
+db_up || echo "warning: nothing listens on 127.0.0.1:3306: the MySQL registry tests will fail and say so" >&2
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
