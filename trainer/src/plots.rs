@@ -1310,31 +1310,4 @@ mod tests {
         embedding_projection(&emb, 8, &labels, &names, &b).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     }
-
-    /// Writes the example plots to `$PLOTS_DIR` for a person to look at
-    /// (`PLOTS_DIR=/tmp/plots cargo test -p trainer plots::tests::example -- --ignored`).
-    #[test]
-    #[ignore = "writes example PNGs to $PLOTS_DIR"]
-    fn example_plots() {
-        let dir = PathBuf::from(std::env::var("PLOTS_DIR").unwrap_or("/tmp/plots".into()));
-        std::fs::create_dir_all(&dir).unwrap();
-        calibration_plot(&evaluation(), 390, &dir.join("calibration.png")).unwrap();
-        let mut small = evaluation();
-        small.rows = [0.01, 0.05, 0.10]
-            .iter()
-            .map(|&e| EpsilonRow {
-                epsilon: e,
-                error_rate: e * 1.3,
-                mean_set_size: 1.0,
-                empty: e / 2.0,
-                singleton: 1.0 - e,
-                multiple: e / 2.0,
-            })
-            .collect();
-        calibration_plot(&small, 5, &dir.join("calibration_small.png")).unwrap();
-        training_curves(&history(), &dir.join("training.png")).unwrap();
-        let (emb, labels) = clusters(6000, 43, 16);
-        let names: Vec<String> = (0..43).map(|c| format!("Sign number {c}")).collect();
-        embedding_projection(&emb, 16, &labels, &names, &dir.join("embeddings.png")).unwrap();
-    }
 }

@@ -88,39 +88,4 @@ mod tests {
         assert!(r.train_images_per_sec > 0.0 && r.forward_images_per_sec > 0.0);
         assert!(r.latency_b1_ms > 0.0);
     }
-
-    /// `cargo test -p trainer speed_reference_net -- --ignored --nocapture` with
-    /// RAYON_NUM_THREADS set: the figures of the reference net at 32x32, batch 64.
-    #[test]
-    #[ignore = "benchmark: slow, run by hand"]
-    fn speed_breakdown() {
-        let cfg = TrialConfig::reference();
-        let dev = crate::training::device().unwrap();
-        let mut rng = rng_for(0, None);
-        for kernel in [ConvKernel::Im2col, ConvKernel::Candle] {
-            let mut net =
-                Backbone::new(Arch::new(32, &cfg.model).unwrap(), &dev, &mut rng).unwrap();
-            net.set_kernel(kernel);
-            let x =
-                candle_core::Tensor::zeros((64, 3, 32, 32), candle_core::DType::F32, &dev).unwrap();
-            for _ in 0..3 {
-                let t0 = Instant::now();
-                let e = net.forward_train(&x, &mut rng).unwrap();
-                let loss = e.sqr().unwrap().mean_all().unwrap();
-                let t1 = Instant::now();
-                let _g = loss.backward().unwrap();
-                let t2 = Instant::now();
-                eprintln!("{kernel:?}: forward {:?} backward {:?}", t1 - t0, t2 - t1);
-            }
-        }
-    }
-
-    #[test]
-    #[ignore = "benchmark: slow, run by hand"]
-    fn speed_reference_net() {
-        for kernel in [ConvKernel::Im2col, ConvKernel::Candle] {
-            let r = measure(kernel, 32, 64, 5).unwrap();
-            eprintln!("{}", serde_json::to_string(&r).unwrap());
-        }
-    }
 }
