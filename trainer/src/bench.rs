@@ -161,27 +161,35 @@ fn source_root() -> PathBuf {
 }
 
 fn find_python(args: &IcpBenchArgs) -> Result<PathBuf> {
-    if let Some(p) = &args.python {
-        return Ok(p.clone());
+    python_for(args.python.as_deref(), "EDGECP_PYTHON", None)
+}
+
+/// The Python to compare against: `explicit`, else the environment variable `var`, else
+/// the venv `scripts/pyenv.sh [requirements]` creates (once) and prints.
+fn python_for(explicit: Option<&Path>, var: &str, requirements: Option<&str>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
     }
-    if let Ok(p) = std::env::var("EDGECP_PYTHON") {
+    if let Ok(p) = std::env::var(var) {
         if !p.trim().is_empty() {
             return Ok(PathBuf::from(p.trim()));
         }
     }
     let script = source_root().join("scripts/pyenv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .with_context(|| {
-            format!(
-                "running {} (or pass --python / set EDGECP_PYTHON)",
-                script.display()
-            )
-        })?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script);
+    if let Some(r) = requirements {
+        cmd.arg(source_root().join(r));
+    }
+    let out = cmd.output().with_context(|| {
+        format!(
+            "running {} (or pass --python / set {var})",
+            script.display()
+        )
+    })?;
     if !out.status.success() {
         bail!(
-            "{} failed: {}; pass --python or set EDGECP_PYTHON",
+            "{} failed: {}; pass --python or set {var}",
             script.display(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -429,7 +437,8 @@ pub fn run_icp(args: &IcpBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `trainer bench train`: training and inference speed of the reference network.
+/// `trainer bench train`: training and inference speed of the embedding network, ours
+/// against candle's own ops and PyTorch (CPU) in the same run, same thread count.
 #[derive(clap::Args, Debug)]
 pub struct TrainBenchArgs {
     /// Print the figures as one JSON object on the last line of stdout.
@@ -444,46 +453,179 @@ pub struct TrainBenchArgs {
     /// Timed steps per figure (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Which networks: `reference` (no batch norm, dropout 0.25), `default` (batch norm,
+    /// dropout 0.1, L2-normalised), or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub net: BenchNet,
+    /// Skip candle's own ops (slow: about 10x ours).
+    #[arg(long)]
+    pub no_candle: bool,
+    /// Skip PyTorch.
+    #[arg(long)]
+    pub no_pytorch: bool,
+    /// Python with torch (default: $EDGECP_BENCH_PYTHON, else the venv that
+    /// `scripts/pyenv.sh scripts/requirements-bench.txt` creates; several GB on first use).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
 }
 
-/// Measures our im2col convolution (the trainer's default) against candle's own
-/// `conv2d`, in one run. The PyTorch side of the comparison is not measured
-/// yet: torch is not in the benchmark venv (see the README).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchNet {
+    Reference,
+    Default,
+    Both,
+}
+
+/// Measures our fused convolution blocks (the trainer's default) against candle's own ops
+/// and PyTorch, per network, in one run.
 pub fn run_train(args: &TrainBenchArgs) -> anyhow::Result<()> {
-    use crate::training::{measure_speed, ConvKernel};
-    let ours = measure_speed(ConvKernel::Im2col, args.side, args.batch, args.steps)?;
-    let candle = measure_speed(ConvKernel::Candle, args.side, args.batch, args.steps)?;
+    use crate::training::config::TrialConfig;
+    use crate::training::{measure_speed, ConvKernel, SpeedReport};
+    let threads = rayon::current_num_threads();
+    let nets: Vec<(&str, TrialConfig)> = match args.net {
+        BenchNet::Reference => vec![("reference", TrialConfig::reference())],
+        BenchNet::Default => vec![("default", TrialConfig::default())],
+        BenchNet::Both => vec![
+            ("reference", TrialConfig::reference()),
+            ("default", TrialConfig::default()),
+        ],
+    };
+    let python = if args.no_pytorch {
+        None
+    } else {
+        Some(python_for(
+            args.python.as_deref(),
+            "EDGECP_BENCH_PYTHON",
+            Some("scripts/requirements-bench.txt"),
+        )?)
+    };
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    let figures = serde_json::json!({
-        "bench": "train",
-        "threads": rayon::current_num_threads(),
-        "batch": args.batch,
-        "side": args.side,
-        "im2col": ours,
-        "candle_conv2d": candle,
-        "train_ratio_vs_candle": ratio(ours.train_images_per_sec, candle.train_images_per_sec),
-        "forward_ratio_vs_candle": ratio(ours.forward_images_per_sec, candle.forward_images_per_sec),
-        "latency_b1_ratio_vs_candle": ratio(candle.latency_b1_ms, ours.latency_b1_ms),
-        "pytorch": null,
-    });
     println!(
-        "reference net {s}x{s}, batch {b}, {t} threads",
+        "{s}x{s} images, batch {b}, {threads} threads; train = forward (training mode) + \
+         loss mean(e^2) + backward + AdamW",
         s = args.side,
-        b = args.batch,
-        t = rayon::current_num_threads()
+        b = args.batch
     );
     println!(
-        "{:<28} {:>14} {:>14} {:>12}",
-        "", "train img/s", "forward img/s", "b1 ms"
+        "{:<10} {:<24} {:>12} {:>14} {:>10}",
+        "net", "implementation", "train img/s", "forward img/s", "b1 ms"
     );
-    for r in [&ours, &candle] {
-        println!(
-            "{:<28} {:>14.1} {:>14.1} {:>12.2}",
-            r.kernel, r.train_images_per_sec, r.forward_images_per_sec, r.latency_b1_ms
-        );
+    let mut results = Vec::new();
+    for (name, cfg) in &nets {
+        let m = &cfg.model;
+        let ours = measure_speed(ConvKernel::Fused, m, args.side, args.batch, args.steps)?;
+        let candle = if args.no_candle {
+            None
+        } else {
+            Some(measure_speed(
+                ConvKernel::Candle,
+                m,
+                args.side,
+                args.batch,
+                args.steps,
+            )?)
+        };
+        let torch: Option<SpeedReport> = match &python {
+            None => None,
+            Some(py) => Some(pytorch_speed(py, m, args, threads)?),
+        };
+        for r in [Some(&ours), candle.as_ref(), torch.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "{:<10} {:<24} {:>12.1} {:>14.1} {:>10.2}",
+                name, r.kernel, r.train_images_per_sec, r.forward_images_per_sec, r.latency_b1_ms
+            );
+        }
+        let vs = |o: Option<&SpeedReport>| {
+            o.map(|b| {
+                serde_json::json!({
+                    "train": ratio(ours.train_images_per_sec, b.train_images_per_sec),
+                    "forward": ratio(ours.forward_images_per_sec, b.forward_images_per_sec),
+                    "latency_b1": ratio(b.latency_b1_ms, ours.latency_b1_ms),
+                })
+            })
+        };
+        let (vs_candle, vs_torch) = (vs(candle.as_ref()), vs(torch.as_ref()));
+        for (who, v) in [("candle ops", &vs_candle), ("PyTorch", &vs_torch)] {
+            if let Some(v) = v {
+                println!(
+                    "{:<10} ours / {who}: train {:.2}x, forward {:.2}x, batch-1 latency {:.2}x (>1: ours faster)",
+                    name, v["train"].as_f64().unwrap_or(f64::NAN), v["forward"].as_f64().unwrap_or(f64::NAN),
+                    v["latency_b1"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
+        results.push(serde_json::json!({
+            "net": name,
+            "fused": ours,
+            "candle": candle,
+            "pytorch": torch,
+            "ratio_vs_candle": vs_candle,
+            "ratio_vs_pytorch": vs_torch,
+        }));
     }
     if args.json {
+        let figures = serde_json::json!({
+            "bench": "train",
+            "threads": threads,
+            "batch": args.batch,
+            "side": args.side,
+            "nets": results,
+        });
         println!("{figures}");
     }
     Ok(())
+}
+
+/// Runs scripts/py/bench_train.py for the same network and thread count.
+fn pytorch_speed(
+    python: &Path,
+    m: &crate::training::config::ModelConfig,
+    args: &TrainBenchArgs,
+    threads: usize,
+) -> Result<crate::training::SpeedReport> {
+    let script = source_root().join("scripts/py/bench_train.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(&script)
+        .args(["--side", &args.side.to_string()])
+        .args(["--batch", &args.batch.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--dim", &m.embedding_dim.to_string()])
+        .args(["--dropout", &m.dropout.to_string()]);
+    if m.batch_norm {
+        cmd.arg("--batch-norm");
+    }
+    if m.l2_normalize {
+        cmd.arg("--l2");
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed (is torch installed in {}?): {}",
+            script.display(),
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(line)
+        .with_context(|| format!("{}: not JSON: {line:?}", script.display()))?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("{}: no number {k:?} in {line}", script.display()))
+    };
+    Ok(crate::training::SpeedReport {
+        kernel: v["kernel"].as_str().unwrap_or("pytorch").to_string(),
+        side: args.side,
+        batch: args.batch,
+        train_images_per_sec: num("train_images_per_sec")?,
+        forward_images_per_sec: num("forward_images_per_sec")?,
+        latency_b1_ms: num("latency_b1_ms")?,
+    })
 }

@@ -21,6 +21,7 @@
 
 pub mod augment;
 pub mod config;
+pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod optim;
@@ -40,7 +41,7 @@ use shared::data::ImageSet;
 
 pub use config::{LossKind, StopMetric, TrialConfig};
 pub use model::{embed, Arch, Backbone, ConvKernel};
-pub use speed::measure as measure_speed;
+pub use speed::{measure as measure_speed, SpeedReport};
 
 /// The checkpoint (weights, optimiser moments, loop state).
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";

@@ -7,7 +7,7 @@ use anyhow::Result;
 use rand::Rng;
 use serde::Serialize;
 
-use super::config::TrialConfig;
+use super::config::ModelConfig;
 use super::model::{Arch, Backbone, ConvKernel};
 use super::optim::AdamW;
 use super::rng_for;
@@ -27,13 +27,18 @@ pub struct SpeedReport {
     pub latency_b1_ms: f64,
 }
 
-/// Times `steps` training steps and `steps` forward passes of the reference network
-/// (`TrialConfig::reference()`'s model) on random images in the current thread pool.
-pub fn measure(kernel: ConvKernel, side: usize, batch: usize, steps: usize) -> Result<SpeedReport> {
-    let cfg = TrialConfig::reference();
+/// Times `steps` training steps and `steps` forward passes of the network `model` on
+/// random images in the current thread pool.
+pub fn measure(
+    kernel: ConvKernel,
+    model: &ModelConfig,
+    side: usize,
+    batch: usize,
+    steps: usize,
+) -> Result<SpeedReport> {
     let dev = super::device()?;
     let mut rng = rng_for(0, None);
-    let mut net = Backbone::new(Arch::new(side, &cfg.model)?, &dev, &mut rng)?;
+    let mut net = Backbone::new(Arch::new(side, model)?, &dev, &mut rng)?;
     net.set_kernel(kernel);
     let mut opt = AdamW::new(net.params(), 1e-4)?;
     let data: Vec<f32> = (0..batch * 3 * side * side)
@@ -84,7 +89,7 @@ mod tests {
 
     #[test]
     fn speed_report_is_positive() {
-        let r = measure(ConvKernel::Im2col, 8, 4, 1).unwrap();
+        let r = measure(ConvKernel::Fused, &ModelConfig::default(), 8, 4, 1).unwrap();
         assert!(r.train_images_per_sec > 0.0 && r.forward_images_per_sec > 0.0);
         assert!(r.latency_b1_ms > 0.0);
     }
