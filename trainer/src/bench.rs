@@ -533,8 +533,18 @@ pub fn run_train(args: &TrainBenchArgs) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
         {
+            let phases = r
+                .step_ms
+                .as_ref()
+                .map(|p| {
+                    format!(
+                        "  (step: forward {:.1} ms, backward {:.1} ms, optimiser {:.1} ms)",
+                        p.forward, p.backward, p.optimizer
+                    )
+                })
+                .unwrap_or_default();
             println!(
-                "{:<10} {:<24} {:>12.1} {:>14.1} {:>10.2}",
+                "{:<10} {:<24} {:>12.1} {:>14.1} {:>10.2}{phases}",
                 name, r.kernel, r.train_images_per_sec, r.forward_images_per_sec, r.latency_b1_ms
             );
         }
@@ -627,5 +637,6 @@ fn pytorch_speed(
         train_images_per_sec: num("train_images_per_sec")?,
         forward_images_per_sec: num("forward_images_per_sec")?,
         latency_b1_ms: num("latency_b1_ms")?,
+        step_ms: None,
     })
 }

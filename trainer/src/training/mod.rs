@@ -233,7 +233,7 @@ fn save_checkpoint(
         .into_iter()
         .map(|(n, t)| (format!("model.{n}"), t))
         .collect();
-    tensors.extend(opt.named_state());
+    tensors.extend(opt.named_state()?);
     let meta = serde_json::to_string(state)?;
     let bytes = model::encode_safetensors(&tensors, CHECKPOINT_METADATA_KEY, &meta)?;
     model::write_atomic(path, &bytes)

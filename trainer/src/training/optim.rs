@@ -1,6 +1,8 @@
 //! AdamW (Loshchilov & Hutter; PyTorch's update rule) with its moments exposed, so that a
 //! checkpoint can hold them and a resumed run continues bit for bit. (candle_nn's AdamW
-//! keeps its moments private.)
+//! keeps its moments private.) The update is one fused loop per variable over host
+//! memory: as a chain of candle tensor ops it took 20-25 ms per step for 0.7 M
+//! parameters, about 5% of a training step.
 
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
@@ -13,8 +15,8 @@ pub const EPS: f64 = 1e-8;
 /// Optimiser state over a fixed, ordered list of variables.
 pub struct AdamW {
     vars: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     /// Updates applied so far.
     t: u64,
     pub weight_decay: f64,
@@ -22,10 +24,10 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: &[(String, Var)], weight_decay: f64) -> Result<Self> {
-        let m = vars
+        let m: Vec<Vec<f32>> = vars
             .iter()
-            .map(|(_, v)| v.as_tensor().zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .map(|(_, v)| vec![0f32; v.as_tensor().elem_count()])
+            .collect();
         Ok(AdamW {
             vars: vars.to_vec(),
             v: m.clone(),
@@ -46,31 +48,42 @@ impl AdamW {
         let t = self.t as i32;
         let bc1 = 1.0 - BETA1.powi(t);
         let bc2 = 1.0 - BETA2.powi(t);
+        let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, EPS as f32);
+        let (c1, c2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
+        let decay = (1.0 - lr * self.weight_decay) as f32;
+        let lr = lr as f32;
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let m = ((&self.m[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
-            let v = ((&self.v[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-            let m_hat = (&m / bc1)?;
-            let v_hat = (&v / bc2)?;
-            let theta = (var.as_tensor() * (1.0 - lr * self.weight_decay))?;
-            let update = (m_hat / (v_hat.sqrt()? + EPS)?)?;
-            var.set(&(theta - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+            let mut theta: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            for (((th, &gi), mi), vi) in theta.iter_mut().zip(&g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *mi = b1 * *mi + (1.0 - b1) * gi;
+                *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+                let update = (*mi * c1) / ((*vi * c2).sqrt() + eps);
+                *th = *th * decay - lr * update;
+            }
+            let t = var.as_tensor();
+            var.set(&Tensor::from_vec(theta, t.shape(), t.device())?)?;
         }
         Ok(())
     }
 
     /// `adam_m.<name>` and `adam_v.<name>` for every variable.
-    pub fn named_state(&self) -> Vec<(String, Tensor)> {
+    pub fn named_state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.vars.len());
-        for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.push((format!("adam_m.{name}"), self.m[i].clone()));
-            out.push((format!("adam_v.{name}"), self.v[i].clone()));
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let t = var.as_tensor();
+            for (prefix, x) in [("adam_m", &self.m[i]), ("adam_v", &self.v[i])] {
+                out.push((
+                    format!("{prefix}.{name}"),
+                    Tensor::from_vec(x.clone(), t.shape(), t.device())?,
+                ));
+            }
         }
-        out
+        Ok(out)
     }
 
     /// Restores the moments written by [`AdamW::named_state`] and the update count.
@@ -88,7 +101,7 @@ impl AdamW {
                 if x.dims() != var.dims() {
                     bail!("checkpoint: {key} has shape {:?}", x.dims());
                 }
-                *slot = x.clone();
+                *slot = x.flatten_all()?.to_vec1()?;
             }
         }
         self.t = t;
@@ -112,6 +125,6 @@ mod tests {
         let v: Vec<f32> = x.as_tensor().to_vec1().unwrap();
         assert!(v.iter().all(|a| a.abs() < 0.05), "{v:?}");
         assert_eq!(opt.steps(), 500);
-        assert_eq!(opt.named_state().len(), 2);
+        assert_eq!(opt.named_state().unwrap().len(), 2);
     }
 }

@@ -25,6 +25,18 @@ pub struct SpeedReport {
     pub forward_images_per_sec: f64,
     /// Inference latency of one image, milliseconds (median of `steps` runs).
     pub latency_b1_ms: f64,
+    /// Where a training step's time goes, milliseconds per step (means): forward in
+    /// training mode + loss, backward, optimiser update. Absent for other tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_ms: Option<StepTimes>,
+}
+
+/// Milliseconds per training step by phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepTimes {
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
 }
 
 /// Times `steps` training steps and `steps` forward passes of the network `model` on
@@ -48,13 +60,20 @@ pub fn measure(
     let x1 = x.narrow(0, 0, 1)?;
     let steps = steps.max(1);
     let mut train_s = 0.0;
+    let mut phases = StepTimes::default();
     for i in 0..=steps {
         let t0 = Instant::now();
         let e = net.forward_train(&x, &mut rng)?;
         let loss = e.sqr()?.mean_all()?;
+        let t1 = Instant::now();
         let g = loss.backward()?;
+        let t2 = Instant::now();
         opt.step(&g, 1e-4)?;
         if i > 0 {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3 / steps as f64;
+            phases.forward += ms(t0, t1);
+            phases.backward += ms(t1, t2);
+            phases.optimizer += ms(t2, Instant::now());
             train_s += t0.elapsed().as_secs_f64();
         }
     }
@@ -80,6 +99,7 @@ pub fn measure(
         train_images_per_sec: (steps * batch) as f64 / train_s,
         forward_images_per_sec: (steps * batch) as f64 / fwd_s,
         latency_b1_ms: lat[lat.len() / 2],
+        step_ms: Some(phases),
     })
 }
 
