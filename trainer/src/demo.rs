@@ -91,7 +91,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         cfg,
         dataset: summary.location.clone(),
         registry_url: registry,
-        artifacts: args.out.join("artifacts"),
+        artifacts: args.out.join("artifacts").display().to_string(),
         experiment: "demo".into(),
         name: format!("demo-{}", ingest_args.source_kind()),
         resume: None,

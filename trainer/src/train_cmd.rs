@@ -68,9 +68,11 @@ pub struct TrainArgs {
     /// Dataset written by `trainer ingest` (its folder, or a version inside it).
     #[arg(long, env = "EDGECP_DATASET", default_value = "datasets")]
     pub data: String,
-    /// Folder of run artifacts: checkpoints, weights, reference data, plots, report.
+    /// Artifact location, a directory or a URL (file:///...): each run stores its weights,
+    /// reference data, plots and report under `<location>/<run id>/`. For a directory,
+    /// checkpoints are kept there too; see `trial::work_dir` for other locations.
     #[arg(long, env = "EDGECP_ARTIFACTS", default_value = "runs/artifacts")]
-    pub artifacts: PathBuf,
+    pub artifacts: String,
     #[arg(long, default_value = "default")]
     pub experiment: String,
     /// Run name (defaults to the configuration file's stem or the preset).

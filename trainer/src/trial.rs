@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use shared::data::shards::open_dataset;
 use shared::data::split::SplitName;
+use shared::store::Location;
 
 use crate::evaluate::{evaluate, Embedded, Evaluation, IcpSettings};
 use crate::registry::{Artifact, BlockingRegistry, NewRun, RunGuard, RunId, Status};
@@ -20,8 +20,10 @@ pub struct TrialRequest {
     /// Dataset location written by `trainer ingest` (a root with LATEST, or a version).
     pub dataset: String,
     pub registry_url: String,
-    /// Folder under which each run gets `<run_id>/` (checkpoints, weights, plots).
-    pub artifacts: PathBuf,
+    /// Artifact location (a directory path or a URL, see [`shared::store::open`]) under
+    /// which each run's files go to `<run_id>/<file>`. See [`work_dir`] for where training
+    /// writes them (and its checkpoints) first.
+    pub artifacts: String,
     pub experiment: String,
     pub name: String,
     /// Continue this run (id or prefix) from its last checkpoint.
@@ -38,8 +40,11 @@ pub struct TrialReport {
     pub icp: Vec<shared::icp::EpsilonRow>,
     pub training: TrainingSummary,
     pub evaluation: Evaluation,
+    /// The artifact files in the local working folder `run_dir`.
     pub artifacts: Vec<String>,
     pub run_dir: String,
+    /// The artifacts' URLs in the artifact location, in the order of `artifacts`.
+    pub artifact_urls: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -119,9 +124,20 @@ impl TrainObserver for Recorder<'_> {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
+/// The local working folder of a run: training writes its checkpoints (which `--resume`
+/// reads), weights, reference data, plots and report here before they are uploaded to the
+/// artifact location.
+///
+/// For a local location this is the run's folder in it, `<dir>/<run_id>/`, so the upload
+/// finds every file already in place and only hashes it. A remote location (S3 later) has
+/// no local folder, so runs work in `runs/work/<run_id>/` under the current directory,
+/// beside the default registry and artifacts, where a later `--resume` from the same
+/// directory finds the checkpoints.
+pub fn work_dir(artifacts: &Location, run: &RunId) -> PathBuf {
+    match artifacts.local_dir() {
+        Some(dir) => dir.join(run.as_str()),
+        None => Path::new("runs").join("work").join(run.as_str()),
+    }
 }
 
 /// Runs one trial. The registry run is `running` while this works, `finished` only when
@@ -129,6 +145,9 @@ fn sha256_file(path: &Path) -> Result<(String, u64)> {
 pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
     let start = Instant::now();
     req.cfg.validate().context("trial configuration")?;
+    // Before anything is recorded, so that a bad location leaves no failed run behind.
+    let artifacts = shared::store::open(&req.artifacts)
+        .with_context(|| format!("opening artifact location {}", req.artifacts))?;
     let reg = BlockingRegistry::open(&req.registry_url)
         .with_context(|| format!("opening the run registry {}", req.registry_url))?;
     let root = shared::store::open(&req.dataset)
@@ -177,7 +196,7 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
         }
     };
     let run = guard.id().clone();
-    let run_dir = req.artifacts.join(run.as_str());
+    let run_dir = work_dir(&artifacts, &run);
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating run folder {}", run_dir.display()))?;
     tracing::info!(run = %run, "run folder {}", run_dir.display());
@@ -271,7 +290,21 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
         ("calibration_plot", calibration_png),
         ("training_curves", curves_png),
         ("embedding_projection", projection_png),
+        ("report", report_path.clone()),
     ];
+    // Each file keeps its name under `<location>/<run_id>/`.
+    let objects = files
+        .iter()
+        .map(|(_, path)| {
+            let file_name = path
+                .file_name()
+                .with_context(|| format!("artifact {} has no file name", path.display()))?;
+            let object =
+                artifacts.child(&format!("{}/{}", run.as_str(), file_name.to_string_lossy()));
+            let url = shared::store::object_url(&artifacts, &object)?;
+            Ok((object, url))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut report = TrialReport {
         run_id: run.to_string(),
         seconds: 0.0,
@@ -279,29 +312,28 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
         icp: eval.icp.clone(),
         training,
         evaluation: eval.clone(),
-        artifacts: files
-            .iter()
-            .map(|(_, p)| p.display().to_string())
-            .chain([report_path.display().to_string()])
-            .collect(),
+        artifacts: files.iter().map(|(_, p)| p.display().to_string()).collect(),
         run_dir: run_dir.display().to_string(),
+        artifact_urls: objects.iter().map(|(_, url)| url.clone()).collect(),
     };
     report.seconds = start.elapsed().as_secs_f64();
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", report_path.display()))?;
 
     let registry = reg.registry();
-    for (name, path) in files.iter().chain([&("report", report_path.clone())]) {
-        let (sha256, bytes) = sha256_file(path)?;
-        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    for ((name, path), (object, url)) in files.iter().zip(&objects) {
+        let (sha256, bytes) = reg
+            .block_on(shared::store::upload_file(&artifacts, object, path))
+            .with_context(|| format!("storing artifact {name}"))?;
         let artifact = Artifact {
             name: name.to_string(),
-            uri: format!("file://{}", abs.display()),
+            uri: url.clone(),
             sha256,
             bytes,
             created_ms: 0,
         };
-        reg.block_on(registry.log_artifact(&run, &artifact))?;
+        reg.block_on(registry.log_artifact(&run, &artifact))
+            .with_context(|| format!("recording artifact {name} ({url})"))?;
     }
     let mut finals = vec![
         ("validation_nc_accuracy".to_string(), eval.nc_accuracy),
@@ -376,8 +408,8 @@ pub fn print_report(r: &TrialReport) {
         }
     }
     println!("ece {:.4}, mce {:.4}", e.ece, e.mce);
-    println!("artifacts in {}:", r.run_dir);
-    for a in &r.artifacts {
+    println!("artifacts (working copies in {}):", r.run_dir);
+    for a in &r.artifact_urls {
         println!("  {a}");
     }
     println!("done in {:.1}s", r.seconds);
