@@ -21,11 +21,16 @@ pub fn contrastive(a: &Tensor, b: &Tensor, same: &[bool], margin: f64) -> Result
     Ok((pos_term + neg_term)?.mean_all()?)
 }
 
-/// Pairwise Euclidean distances `[N, N]` of the rows of `e` (`[N, E]`).
+/// Pairwise Euclidean distances `[N, N]` of the rows of `e` (`[N, E]`), from the
+/// differences themselves. The shortcut `|a|^2 + |b|^2 - 2 a.b` cancels catastrophically
+/// when embeddings are close (as at the start of training, or in a collapse): its f32
+/// rounding noise, amplified by the square root's gradient, swamped the signal and kept
+/// a GTSRB run at loss = margin for 1,000 steps.
 pub fn pairwise_distances(e: &Tensor) -> Result<Tensor> {
-    let sq = e.sqr()?.sum_keepdim(1)?; // [N, 1]
-    let dots = e.matmul(&e.t()?)?;
-    let d2 = (sq.broadcast_add(&sq.t()?)? - (dots * 2.0)?)?;
+    let (n, dim) = e.dims2()?;
+    let a = e.reshape((n, 1, dim))?.broadcast_as((n, n, dim))?;
+    let b = e.reshape((1, n, dim))?.broadcast_as((n, n, dim))?;
+    let d2 = (a - b)?.sqr()?.sum(2)?;
     Ok(d2.maximum(DIST_EPS)?.sqrt()?)
 }
 

@@ -366,9 +366,19 @@ impl Backbone {
             return Ok(x.clone());
         }
         let keep = (1.0 / (1.0 - p)) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-            .collect();
+        // Four 16-bit draws per 64-bit random number (p is rounded to 1/65536): a draw
+        // per element as f64 cost several ms per step.
+        let drop_below = (p * 65536.0).round() as u64;
+        let n = x.elem_count();
+        let mut mask = Vec::with_capacity(n + 3);
+        while mask.len() < n {
+            let r = rng.random::<u64>();
+            for j in 0..4 {
+                let v = (r >> (16 * j)) & 0xffff;
+                mask.push(if v < drop_below { 0.0 } else { keep });
+            }
+        }
+        mask.truncate(n);
         let mask = Tensor::from_vec(mask, x.shape(), &self.device)?;
         Ok((x * mask)?)
     }

@@ -59,7 +59,9 @@ impl AdamW {
             let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
             let mut theta: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            for (((th, &gi), mi), vi) in theta.iter_mut().zip(&g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            for (((th, &gi), mi), vi) in
+                theta.iter_mut().zip(&g).zip(m.iter_mut()).zip(v.iter_mut())
+            {
                 *mi = b1 * *mi + (1.0 - b1) * gi;
                 *vi = b2 * *vi + (1.0 - b2) * gi * gi;
                 let update = (*mi * c1) / ((*vi * c2).sqrt() + eps);

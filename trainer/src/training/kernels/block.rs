@@ -51,9 +51,13 @@ pub struct BatchStats {
 
 /// Forward results the backward pass reads.
 struct Saved {
-    /// Convolution outputs before normalisation, `[B, O, Ho*Wo]` (batch norm only).
+    /// Convolution outputs before the bias and normalisation, `[B, O, Ho*Wo]` (batch
+    /// norm only).
     z: Vec<f32>,
+    /// Channel means of `z`.
     mean: Vec<f32>,
+    /// Channel means of the convolution output with its bias (the reported statistic).
+    stat_mean: Vec<f32>,
     var: Vec<f32>,
     invstd: Vec<f32>,
     /// Index inside its pool window of each pooled output's maximum (pooling only).
@@ -129,7 +133,7 @@ impl ConvBlock {
             return None;
         }
         Some(BatchStats {
-            mean: s.mean.clone(),
+            mean: s.stat_mean.clone(),
             var: s.var.clone(),
             count: s.count,
         })
@@ -182,31 +186,80 @@ impl ConvBlock {
         })
     }
 
+    /// Without batch statistics (no batch norm, or inference with batch norm folded into
+    /// the weights) every image is finished while its convolution output is in cache:
+    /// no full-batch intermediate is written or read back.
+    fn forward_direct(&self, x: &[f32], w: &[f32], bias: &[f32], d: &Dims) -> Vec<f32> {
+        let (o, hw, rows) = (d.o, d.hw(), d.g.rows());
+        let (xl, ol) = (d.x_len(), d.out_len());
+        let (per, gt) = chunking(d.b);
+        let ones = vec![1f32; o];
+        let mut out = vec![0f32; d.b * ol];
+        let mut argmax = vec![0u8; if d.pool > 1 { d.b * ol } else { 0 }];
+        let argmax_chunks = optional_chunks(&mut argmax, d.pool > 1, per * ol, d.b.div_ceil(per));
+        out.par_chunks_mut(per * ol)
+            .zip(argmax_chunks)
+            .zip(x.par_chunks(per * xl))
+            .for_each(|((oc, mut ac), xc)| {
+                let mut cols = Scratch::new(rows * hw);
+                let mut zb = Scratch::new(o * hw);
+                for (i, (ob, xb)) in oc.chunks_mut(ol).zip(xc.chunks(xl)).enumerate() {
+                    im2col(&d.g, xb, &mut cols);
+                    matmul(
+                        MatMut::row_major(&mut zb, o, hw),
+                        Mat::row_major(w, o, rows),
+                        Mat::row_major(&cols, rows, hw),
+                        false,
+                        gt,
+                    );
+                    let ab = ac.as_deref_mut().map(|a| &mut a[i * ol..(i + 1) * ol]);
+                    activate(&zb, &ones, bias, d, ob, ab);
+                }
+            });
+        if self.spec.train {
+            let saved = Saved {
+                z: vec![],
+                mean: vec![],
+                stat_mean: vec![],
+                var: vec![],
+                invstd: vec![],
+                argmax,
+                count: d.b * hw,
+            };
+            if let Ok(mut slot) = self.saved.lock() {
+                *slot = Some(saved);
+            }
+        }
+        out
+    }
+
     fn forward(&self, x: &[f32], w: &[f32], p: &[f32], d: &Dims) -> Vec<f32> {
         let s = self.spec;
+        if !s.batch_norm {
+            return self.forward_direct(x, w, &p[..d.o], d);
+        }
         let (o, hw, rows) = (d.o, d.hw(), d.g.rows());
         let (xl, zl, ol) = (d.x_len(), d.z_len(), d.out_len());
         let (per, gt) = chunking(d.b);
         let bias = &p[..o];
 
-        // Convolution + bias, one image at a time; channel sums for the batch mean.
+        // Convolution, one image at a time; channel sums for the batch mean. The bias is
+        // not added here: batch norm cancels it (it only shifts the reported mean), and
+        // without batch norm it joins the affine map below.
         let mut z = vec![0f32; d.b * zl];
         let sums: Vec<Vec<f64>> = z
             .par_chunks_mut(per * zl)
             .zip(x.par_chunks(per * xl))
             .map(|(zc, xc)| {
-                let mut cols = vec![0f32; rows * hw];
+                let mut cols = Scratch::new(rows * hw);
                 let mut sums = vec![0f64; o];
                 for (zb, xb) in zc.chunks_mut(zl).zip(xc.chunks(xl)) {
                     im2col(&d.g, xb, &mut cols);
-                    for (row, &bv) in zb.chunks_mut(hw).zip(bias) {
-                        row.fill(bv);
-                    }
                     matmul(
                         MatMut::row_major(zb, o, hw),
                         Mat::row_major(w, o, rows),
                         Mat::row_major(&cols, rows, hw),
-                        true,
+                        false,
                         gt,
                     );
                     if s.batch_norm {
@@ -253,7 +306,7 @@ impl ConvBlock {
             let shift = (0..o).map(|i| beta[i] - mean[i] * scale[i]).collect();
             (scale, shift)
         } else {
-            (vec![1f32; o], vec![0f32; o])
+            (vec![1f32; o], bias.to_vec())
         };
 
         // Normalise, ReLU, pool.
@@ -265,27 +318,14 @@ impl ConvBlock {
             .zip(z.par_chunks(per * zl))
             .for_each(|((oc, mut ac), zc)| {
                 for (i, (ob, zb)) in oc.chunks_mut(ol).zip(zc.chunks(zl)).enumerate() {
-                    for ci in 0..o {
-                        let zr = &zb[ci * hw..(ci + 1) * hw];
-                        let orow = &mut ob[ci * d.hp * d.wp..(ci + 1) * d.hp * d.wp];
-                        let (a, sh) = (scale[ci], shift[ci]);
-                        match ac.as_deref_mut() {
-                            None => {
-                                for (y, &v) in orow.iter_mut().zip(zr) {
-                                    *y = (v * a + sh).max(0.0);
-                                }
-                            }
-                            Some(ac) => {
-                                let arow = &mut ac[i * ol + ci * d.hp * d.wp..][..d.hp * d.wp];
-                                pool_row(zr, a, sh, d, orow, arow);
-                            }
-                        }
-                    }
+                    let ab = ac.as_deref_mut().map(|a| &mut a[i * ol..(i + 1) * ol]);
+                    activate(zb, &scale, &shift, d, ob, ab);
                 }
             });
         if s.train {
             let saved = Saved {
                 z: if s.batch_norm { z } else { vec![] },
+                stat_mean: mean.iter().zip(bias).map(|(m, b)| m + b).collect(),
                 mean,
                 var,
                 invstd,
@@ -319,7 +359,7 @@ impl ConvBlock {
         let plane = d.hp * d.wp;
 
         // Gradient at the pre-activation (through pool and ReLU), and the batch-norm sums.
-        let mut dpre = vec![0f32; d.b * zl];
+        let mut dpre = Scratch::new(d.b * zl);
         let bn_sums: Vec<(Vec<f64>, Vec<f64>)> = dpre
             .par_chunks_mut(per * zl)
             .enumerate()
@@ -327,6 +367,10 @@ impl ConvBlock {
                 let (mut dbeta, mut dgamma) = (vec![0f64; o], vec![0f64; o]);
                 for (i, db) in dc.chunks_mut(zl).enumerate() {
                     let bi = chunk * per + i;
+                    if d.pool > 1 {
+                        // only the window maxima are written below
+                        db.fill(0.0);
+                    }
                     for ci in 0..o {
                         let drow = &mut db[ci * hw..(ci + 1) * hw];
                         let at = bi * ol + ci * plane;
@@ -376,8 +420,8 @@ impl ConvBlock {
             .zip(dx_chunks)
             .enumerate()
             .map(|(chunk, ((dc, xc), mut dxc))| {
-                let mut cols = vec![0f32; rows * hw];
-                let mut dcols = vec![0f32; if s.input_grad { rows * hw } else { 0 }];
+                let mut cols = Scratch::new(rows * hw);
+                let mut dcols = Scratch::new(if s.input_grad { rows * hw } else { 0 });
                 let mut dw = vec![0f32; o * rows];
                 let mut dbias = vec![0f64; o];
                 for (i, (dz, xb)) in dc.chunks_mut(zl).zip(xc.chunks(xl)).enumerate() {
@@ -438,6 +482,32 @@ impl ConvBlock {
     }
 }
 
+/// One image: `relu(z * scale + shift)` per channel, max-pooled when `argmax` is given
+/// (which then records each window's maximum).
+fn activate(
+    zb: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    d: &Dims,
+    ob: &mut [f32],
+    mut argmax: Option<&mut [u8]>,
+) {
+    let (hw, plane) = (d.hw(), d.hp * d.wp);
+    for ci in 0..d.o {
+        let zr = &zb[ci * hw..(ci + 1) * hw];
+        let orow = &mut ob[ci * plane..(ci + 1) * plane];
+        let (a, sh) = (scale[ci], shift[ci]);
+        match argmax.as_deref_mut() {
+            None => {
+                for (y, &v) in orow.iter_mut().zip(zr) {
+                    *y = (v * a + sh).max(0.0);
+                }
+            }
+            Some(am) => pool_row(zr, a, sh, d, orow, &mut am[ci * plane..(ci + 1) * plane]),
+        }
+    }
+}
+
 /// Max-pool one channel of pre-activations `zr` after the affine map `v * a + sh` and the
 /// ReLU, recording each window's argmax (the first maximum, as PyTorch).
 fn pool_row(zr: &[f32], a: f32, sh: f32, d: &Dims, out: &mut [f32], arg: &mut [u8]) {
@@ -459,6 +529,50 @@ fn pool_row(zr: &[f32], a: f32, sh: f32, d: &Dims, out: &mut [f32], arg: &mut [u
             out[py * d.wp + px] = best.max(0.0);
             arg[py * d.wp + px] = at;
         }
+    }
+}
+
+thread_local! {
+    /// Per-thread spare buffers: the column matrices and gradients of every call would
+    /// otherwise be fresh allocations (page faults and zeroing on every step).
+    static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` floats with unspecified (but initialised) contents, from this
+/// thread's spares; it goes back on drop. Taking rather than borrowing keeps it sound if
+/// a nested parallel call runs another chunk on this thread.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn new(len: usize) -> Self {
+        let mut v = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        v.resize(len, 0.0);
+        Scratch(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < 4 {
+                s.push(v);
+            }
+        });
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
     }
 }
 

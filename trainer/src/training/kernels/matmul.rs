@@ -166,3 +166,63 @@ mod tests {
         }
     }
 }
+
+/// Throughput of the products the network's blocks make, one thread:
+/// `cargo test --release -p trainer gemm_throughput -- --ignored --nocapture`.
+#[cfg(test)]
+mod throughput {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn gemm_throughput() {
+        // (name, O, R = C*K*K, HW)
+        for (name, o, r, hw) in [
+            ("conv1", 32, 75, 1024),
+            ("conv2", 64, 288, 1024),
+            ("conv3", 64, 576, 256),
+        ] {
+            let w = vec![0.5f32; o * r];
+            let cols = vec![0.25f32; r * hw];
+            let mut z = vec![0f32; o * hw];
+            let mut dw = vec![0f32; o * r];
+            let mut dcols = vec![0f32; r * hw];
+            let reps = 200;
+            let flops = 2.0 * (o * r * hw) as f64 * reps as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                matmul(
+                    MatMut::row_major(&mut z, o, hw),
+                    Mat::row_major(&w, o, r),
+                    Mat::row_major(&cols, r, hw),
+                    false,
+                    1,
+                );
+            }
+            let fwd = flops / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                matmul(
+                    MatMut::row_major(&mut dw, o, r),
+                    Mat::row_major(&z, o, hw),
+                    Mat::row_major(&cols, r, hw).t(),
+                    true,
+                    1,
+                );
+            }
+            let dwg = flops / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                matmul(
+                    MatMut::row_major(&mut dcols, r, hw),
+                    Mat::row_major(&w, o, r).t(),
+                    Mat::row_major(&z, o, hw),
+                    false,
+                    1,
+                );
+            }
+            let dxg = flops / t.elapsed().as_secs_f64() / 1e9;
+            println!("{name}: forward {fwd:.1} GFLOP/s, weight grad {dwg:.1}, input grad {dxg:.1}");
+        }
+    }
+}
