@@ -274,7 +274,7 @@ impl Backbone {
                     // Inference: the running statistics fold into the convolution.
                     let (scale, shift) = self.bn_inference_affine(i)?;
                     let w = w.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
-                    ((w), ((b * &scale)? + shift)?)
+                    (w, ((b * &scale)? + shift)?)
                 } else {
                     (w, b)
                 };
