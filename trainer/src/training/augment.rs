@@ -1,6 +1,7 @@
 //! Light training-time augmentation, applied while a batch is converted to the network's
 //! input: a random shift of up to [`MAX_SHIFT`] pixels (edges replicated), brightness
-//! `+-BRIGHTNESS` and contrast `x [1-CONTRAST, 1+CONTRAST]` around the image mean. No flips:
+//! as a gain `x [1-BRIGHTNESS, 1+BRIGHTNESS]` (an additive shift clipped GTSRB's many dark
+//! images to black) and contrast `x [1-CONTRAST, 1+CONTRAST]` around the image mean. No flips:
 //! mirrored signs change meaning (keep left / keep right).
 
 use anyhow::Result;
@@ -45,7 +46,7 @@ pub fn augmented_batch(
                 let px = &img[(sy * s + sx) * 3..(sy * s + sx) * 3 + 3];
                 for c in 0..3 {
                     let v = f32::from(px[c]) * INPUT_SCALE;
-                    let v = ((v - mean) * contrast + mean + bright).clamp(0.0, 1.0);
+                    let v = (((v - mean) * contrast + mean) * (1.0 + bright)).clamp(0.0, 1.0);
                     out[c * plane + y * s + x] = v + INPUT_OFFSET;
                 }
             }
