@@ -204,48 +204,51 @@ impl ConvBlock {
                 let mut cols = Scratch::new(rows * hw);
                 let mut zb = Scratch::new(o * hw);
                 for (i, (ob, xb)) in oc.chunks_mut(ol).zip(xc.chunks(xl)).enumerate() {
-                    im2col(&d.g, xb, &mut cols);
-                    matmul(
-                        MatMut::row_major(&mut zb, o, hw),
-                        Mat::row_major(w, o, rows),
-                        Mat::row_major(&cols, rows, hw),
-                        false,
-                        gt,
-                    );
+                    conv_image(&d.g, o, w, xb, &mut cols, &mut zb, gt);
                     let ab = ac.as_deref_mut().map(|a| &mut a[i * ol..(i + 1) * ol]);
                     activate(&zb, &ones, bias, d, ob, ab);
                 }
             });
+        self.keep(Saved {
+            z: vec![],
+            mean: vec![],
+            stat_mean: vec![],
+            var: vec![],
+            invstd: vec![],
+            argmax,
+            count: d.b * hw,
+        });
+        out
+    }
+
+    /// Stores what the backward pass needs, in training mode only.
+    fn keep(&self, saved: Saved) {
         if self.spec.train {
-            let saved = Saved {
-                z: vec![],
-                mean: vec![],
-                stat_mean: vec![],
-                var: vec![],
-                invstd: vec![],
-                argmax,
-                count: d.b * hw,
-            };
             if let Ok(mut slot) = self.saved.lock() {
                 *slot = Some(saved);
             }
         }
-        out
     }
 
     fn forward(&self, x: &[f32], w: &[f32], p: &[f32], d: &Dims) -> Vec<f32> {
-        let s = self.spec;
-        if !s.batch_norm {
-            return self.forward_direct(x, w, &p[..d.o], d);
+        if self.spec.batch_norm {
+            self.forward_bn(x, w, p, d)
+        } else {
+            self.forward_direct(x, w, &p[..d.o], d)
         }
+    }
+
+    /// With batch norm on batch statistics: the whole batch's convolution outputs are
+    /// needed (and kept for the backward pass) before any image can be normalised.
+    fn forward_bn(&self, x: &[f32], w: &[f32], p: &[f32], d: &Dims) -> Vec<f32> {
+        let s = self.spec;
         let (o, hw, rows) = (d.o, d.hw(), d.g.rows());
         let (xl, zl, ol) = (d.x_len(), d.z_len(), d.out_len());
         let (per, gt) = chunking(d.b);
         let bias = &p[..o];
 
         // Convolution, one image at a time; channel sums for the batch mean. The bias is
-        // not added here: batch norm cancels it (it only shifts the reported mean), and
-        // without batch norm it joins the affine map below.
+        // not added: batch norm cancels it (it only shifts the reported mean).
         let mut z = vec![0f32; d.b * zl];
         let sums: Vec<Vec<f64>> = z
             .par_chunks_mut(per * zl)
@@ -254,60 +257,45 @@ impl ConvBlock {
                 let mut cols = Scratch::new(rows * hw);
                 let mut sums = vec![0f64; o];
                 for (zb, xb) in zc.chunks_mut(zl).zip(xc.chunks(xl)) {
-                    im2col(&d.g, xb, &mut cols);
-                    matmul(
-                        MatMut::row_major(zb, o, hw),
-                        Mat::row_major(w, o, rows),
-                        Mat::row_major(&cols, rows, hw),
-                        false,
-                        gt,
-                    );
-                    if s.batch_norm {
-                        for (acc, row) in sums.iter_mut().zip(zb.chunks(hw)) {
-                            *acc += f64::from(sum(row));
-                        }
+                    conv_image(&d.g, o, w, xb, &mut cols, zb, gt);
+                    for (acc, row) in sums.iter_mut().zip(zb.chunks(hw)) {
+                        *acc += f64::from(sum(row));
                     }
                 }
                 sums
             })
             .collect();
 
-        // Per-channel affine map applied before the ReLU.
+        // Batch statistics and the per-channel affine map applied before the ReLU.
         let count = d.b * hw;
-        let (mut mean, mut var, mut invstd) = (vec![], vec![], vec![]);
-        let (scale, shift) = if s.batch_norm {
-            mean = reduce(&sums, o)
-                .into_iter()
-                .map(|v| (v / count as f64) as f32)
-                .collect();
-            // Second pass for the variance: no cancellation when |mean| >> std.
-            let sq: Vec<Vec<f64>> = z
-                .par_chunks(per * zl)
-                .map(|zc| {
-                    let mut acc = vec![0f64; o];
-                    for zb in zc.chunks(zl) {
-                        for ((a, row), &m) in acc.iter_mut().zip(zb.chunks(hw)).zip(&mean) {
-                            *a += f64::from(sum_sq_dev(row, m));
-                        }
+        let mean: Vec<f32> = reduce(&sums, o)
+            .into_iter()
+            .map(|v| (v / count as f64) as f32)
+            .collect();
+        // Second pass for the variance: no cancellation when |mean| >> std.
+        let sq: Vec<Vec<f64>> = z
+            .par_chunks(per * zl)
+            .map(|zc| {
+                let mut acc = vec![0f64; o];
+                for zb in zc.chunks(zl) {
+                    for ((a, row), &m) in acc.iter_mut().zip(zb.chunks(hw)).zip(&mean) {
+                        *a += f64::from(sum_sq_dev(row, m));
                     }
-                    acc
-                })
-                .collect();
-            var = reduce(&sq, o)
-                .into_iter()
-                .map(|v| (v / count as f64) as f32)
-                .collect();
-            invstd = var
-                .iter()
-                .map(|&v| (1.0 / (f64::from(v) + s.bn_eps).sqrt()) as f32)
-                .collect();
-            let (gamma, beta) = (&p[o..2 * o], &p[2 * o..3 * o]);
-            let scale: Vec<f32> = gamma.iter().zip(&invstd).map(|(g, i)| g * i).collect();
-            let shift = (0..o).map(|i| beta[i] - mean[i] * scale[i]).collect();
-            (scale, shift)
-        } else {
-            (vec![1f32; o], bias.to_vec())
-        };
+                }
+                acc
+            })
+            .collect();
+        let var: Vec<f32> = reduce(&sq, o)
+            .into_iter()
+            .map(|v| (v / count as f64) as f32)
+            .collect();
+        let invstd: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + s.bn_eps).sqrt()) as f32)
+            .collect();
+        let (gamma, beta) = (&p[o..2 * o], &p[2 * o..3 * o]);
+        let scale: Vec<f32> = gamma.iter().zip(&invstd).map(|(g, i)| g * i).collect();
+        let shift: Vec<f32> = (0..o).map(|i| beta[i] - mean[i] * scale[i]).collect();
 
         // Normalise, ReLU, pool.
         let mut out = vec![0f32; d.b * ol];
@@ -322,20 +310,15 @@ impl ConvBlock {
                     activate(zb, &scale, &shift, d, ob, ab);
                 }
             });
-        if s.train {
-            let saved = Saved {
-                z: if s.batch_norm { z } else { vec![] },
-                stat_mean: mean.iter().zip(bias).map(|(m, b)| m + b).collect(),
-                mean,
-                var,
-                invstd,
-                argmax,
-                count,
-            };
-            if let Ok(mut slot) = self.saved.lock() {
-                *slot = Some(saved);
-            }
-        }
+        self.keep(Saved {
+            z,
+            stat_mean: mean.iter().zip(bias).map(|(m, b)| m + b).collect(),
+            mean,
+            var,
+            invstd,
+            argmax,
+            count,
+        });
         out
     }
 
@@ -506,6 +489,27 @@ fn activate(
             Some(am) => pool_row(zr, a, sh, d, orow, &mut am[ci * plane..(ci + 1) * plane]),
         }
     }
+}
+
+/// One image's convolution without bias: im2col into `cols`, then `z = W x cols`.
+fn conv_image(
+    g: &ConvGeom,
+    o: usize,
+    w: &[f32],
+    x: &[f32],
+    cols: &mut [f32],
+    z: &mut [f32],
+    threads: usize,
+) {
+    let (rows, hw) = (g.rows(), g.cols());
+    im2col(g, x, cols);
+    matmul(
+        MatMut::row_major(z, o, hw),
+        Mat::row_major(w, o, rows),
+        Mat::row_major(cols, rows, hw),
+        false,
+        threads,
+    );
 }
 
 /// Max-pool one channel of pre-activations `zr` after the affine map `v * a + sh` and the

@@ -70,29 +70,16 @@ fn candle_block(x: &Tensor, w: &Tensor, p: &Tensor, s: &BlockSpec) -> Tensor {
     }
 }
 
+/// max |t|.
+fn max_abs(t: &Tensor) -> f32 {
+    let m = t.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    m.to_scalar().unwrap()
+}
+
 /// max |a - b| / max |b|.
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let d: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let m: f32 = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    d / m.max(1e-12)
+    max_abs(&(a - b).unwrap()) / max_abs(b).max(1e-12)
 }
 
 fn params(rng: &mut ChaCha8Rng, o: usize, bn: bool) -> Tensor {
