@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod evaluate;
 mod ingest;
+mod memory;
 mod plots;
 mod progress;
 // Part of the registry's API (best_run, metric_history, heartbeat) serves `trainer best`
@@ -69,6 +70,7 @@ enum BenchCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
