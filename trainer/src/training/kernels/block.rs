@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::im2col::{col2im, im2col, ConvGeom};
+use super::im2col::{col2im, im2col, im2col_pixel_major, ConvGeom};
 use super::matmul::{matmul, Mat, MatMut};
 
 /// What one block computes.
@@ -403,7 +403,7 @@ impl ConvBlock {
             .zip(dx_chunks)
             .enumerate()
             .map(|(chunk, ((dc, xc), mut dxc))| {
-                let mut cols = Scratch::new(rows * hw);
+                let mut cols_t = Scratch::new(rows * hw);
                 let mut dcols = Scratch::new(if s.input_grad { rows * hw } else { 0 });
                 let mut dw = vec![0f32; o * rows];
                 let mut dbias = vec![0f64; o];
@@ -424,11 +424,11 @@ impl ConvBlock {
                     for (acc, row) in dbias.iter_mut().zip(dz.chunks(hw)) {
                         *acc += f64::from(sum(row));
                     }
-                    im2col(&d.g, xb, &mut cols);
+                    im2col_pixel_major(&d.g, xb, &mut cols_t);
                     matmul(
                         MatMut::row_major(&mut dw, o, rows),
                         Mat::row_major(dz, o, hw),
-                        Mat::row_major(&cols, rows, hw).t(),
+                        Mat::row_major(&cols_t, hw, rows),
                         true,
                         gt,
                     );
