@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::im2col::{col2im, im2col, im2col_pixel_major, ConvGeom};
-use super::matmul::{matmul, Mat, MatMut};
+use super::im2col::{col2im, im2col, ConvGeom};
+use super::matmul::{matmul, transpose, Mat, MatMut};
 
 /// What one block computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -403,9 +403,10 @@ impl ConvBlock {
             .zip(dx_chunks)
             .enumerate()
             .map(|(chunk, ((dc, xc), mut dxc))| {
-                let mut cols_t = Scratch::new(rows * hw);
+                let mut cols = Scratch::new(rows * hw);
+                let mut dz_t = Scratch::new(o * hw);
                 let mut dcols = Scratch::new(if s.input_grad { rows * hw } else { 0 });
-                let mut dw = vec![0f32; o * rows];
+                let mut dw_t = vec![0f32; rows * o];
                 let mut dbias = vec![0f64; o];
                 for (i, (dz, xb)) in dc.chunks_mut(zl).zip(xc.chunks(xl)).enumerate() {
                     let bi = chunk * per + i;
@@ -424,11 +425,16 @@ impl ConvBlock {
                     for (acc, row) in dbias.iter_mut().zip(dz.chunks(hw)) {
                         *acc += f64::from(sum(row));
                     }
-                    im2col_pixel_major(&d.g, xb, &mut cols_t);
+                    // dW = dZ x cols^T, accumulated column-major (as dW^T) from dZ^T:
+                    // the layout gemm streams without a transposing pack (measured per
+                    // image on AVX-512: 46-56 GMAC/s, against 8-32 from dZ and a
+                    // transposed view of cols into a row-major dW).
+                    transpose(dz, o, hw, &mut dz_t);
+                    im2col(&d.g, xb, &mut cols);
                     matmul(
-                        MatMut::row_major(&mut dw, o, rows),
-                        Mat::row_major(dz, o, hw),
-                        Mat::row_major(&cols_t, hw, rows),
+                        MatMut::col_major(&mut dw_t, o, rows),
+                        Mat::row_major(&dz_t, hw, o).t(),
+                        Mat::row_major(&cols, rows, hw).t(),
                         true,
                         gt,
                     );
@@ -443,6 +449,8 @@ impl ConvBlock {
                         col2im(&d.g, &dcols, &mut dxc[i * xl..(i + 1) * xl]);
                     }
                 }
+                let mut dw = vec![0f32; o * rows];
+                transpose(&dw_t, rows, o, &mut dw);
                 (dw, dbias)
             })
             .collect();

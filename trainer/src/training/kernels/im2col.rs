@@ -100,42 +100,6 @@ pub fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// [`im2col`] transposed: `cols_t[oy*Wo + ox][(c*K + ky)*K + kx]`, one row per output
-/// pixel. The weight gradient `dW = dZ x cols^T` reads it as a row-major `[HW, C*K*K]`
-/// operand, which gemm takes without a transposing pack: measured per image on AVX-512,
-/// 42-51 GMAC/s against 8-32 through a transposed view of [`im2col`]'s matrix.
-pub fn im2col_pixel_major(g: &ConvGeom, x: &[f32], cols_t: &mut [f32]) {
-    let (rows, plane) = (g.rows(), g.h * g.w);
-    debug_assert!(x.len() >= g.c * plane && cols_t.len() >= rows * g.cols());
-    // One output row at a time: its block (Wo x rows) stays in L1 while the strided
-    // writes fill it from contiguous reads of the input rows.
-    for oy in 0..g.ho {
-        let block = &mut cols_t[oy * g.wo * rows..(oy + 1) * g.wo * rows];
-        for c in 0..g.c {
-            let xc = &x[c * plane..(c + 1) * plane];
-            for ky in 0..g.k {
-                let iy = g.input_row(oy, ky);
-                for kx in 0..g.k {
-                    let r = (c * g.k + ky) * g.k + kx;
-                    let (lo, hi) = match iy {
-                        Some(_) => g.valid_ox(kx),
-                        None => (0, 0),
-                    };
-                    for ox in (0..lo).chain(hi.max(lo)..g.wo) {
-                        block[ox * rows + r] = 0.0;
-                    }
-                    if let Some(iy) = iy {
-                        let src = &xc[iy * g.w..(iy + 1) * g.w];
-                        for ox in lo..hi {
-                            block[ox * rows + r] = src[ox * g.stride + kx - g.pad];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it was
 /// read from. `dx` (one image, `C*H*W`) is accumulated into, not overwritten.
 pub fn col2im(g: &ConvGeom, cols: &[f32], dx: &mut [f32]) {
@@ -180,7 +144,7 @@ mod tests {
     /// <im2col(x), y> == <x, col2im(y)> for every geometry: col2im is im2col's adjoint,
     /// which is exactly what the input gradient needs.
     #[test]
-    fn col2im_is_the_adjoint_of_im2col_and_pixel_major_its_transpose() {
+    fn col2im_is_the_adjoint_of_im2col() {
         for &(c, h, w, k, pad, stride) in &[
             (1, 5, 5, 3, 1, 1),
             (2, 7, 6, 3, 0, 2),
@@ -195,13 +159,6 @@ mod tests {
                 .collect();
             let mut cols = vec![f32::NAN; g.rows() * g.cols()];
             im2col(&g, &x, &mut cols);
-            let mut cols_t = vec![f32::NAN; g.rows() * g.cols()];
-            im2col_pixel_major(&g, &x, &mut cols_t);
-            for r in 0..g.rows() {
-                for q in 0..g.cols() {
-                    assert_eq!(cols_t[q * g.rows() + r], cols[r * g.cols() + q], "{g:?}");
-                }
-            }
             let mut dx = vec![0f32; c * h * w];
             col2im(&g, &y, &mut dx);
             let lhs: f64 = cols.iter().zip(&y).map(|(a, b)| f64::from(a * b)).sum();

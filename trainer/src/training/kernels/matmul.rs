@@ -53,12 +53,14 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// A mutable row-major matrix.
+/// A mutable dense matrix, row-major or column-major.
 #[derive(Debug)]
 pub struct MatMut<'a> {
     data: &'a mut [f32],
     rows: usize,
     cols: usize,
+    rs: usize,
+    cs: usize,
 }
 
 impl<'a> MatMut<'a> {
@@ -66,7 +68,44 @@ impl<'a> MatMut<'a> {
     /// If `data` is too short.
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
         assert!(rows * cols <= data.len(), "matrix view out of bounds");
-        MatMut { data, rows, cols }
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// Element (i, j) at `data[i + j * rows]`: the transpose of a row-major `cols x rows`.
+    ///
+    /// # Panics
+    /// If `data` is too short.
+    pub fn col_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        assert!(rows * cols <= data.len(), "matrix view out of bounds");
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+}
+
+/// `dst = src^T` for a row-major `rows x cols` `src` (`dst` is `cols x rows`), in tiles
+/// that stay in L1.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 16;
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
     }
 }
 
@@ -102,8 +141,8 @@ pub fn matmul(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads
             n,
             k,
             dst.data.as_mut_ptr(),
-            1,
-            n as isize,
+            dst.cs as isize,
+            dst.rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -163,6 +202,20 @@ mod tests {
         );
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 2.0 * y).abs() < 1e-5);
+        }
+        // a column-major destination holds the transposed product
+        let mut ct = vec![f32::NAN; m * n];
+        matmul(
+            MatMut::col_major(&mut ct, m, n),
+            Mat::row_major(&a, m, k),
+            Mat::row_major(&b, k, n),
+            false,
+            1,
+        );
+        let mut back = vec![0f32; m * n];
+        transpose(&ct, n, m, &mut back);
+        for (x, y) in back.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
         }
     }
 }
