@@ -1,0 +1,14 @@
+//! Trained weights -> ONNX, TFLite (and TensorRT where present), each checked against the
+//! trained network; signed model bundles (format in `docs/BUNDLE.md`, types in
+//! `shared::bundle`).
+
+pub mod bench;
+pub mod bundle;
+pub mod export;
+pub mod golden;
+pub mod net;
+pub mod onnx;
+pub mod runtime;
+pub mod source;
+pub mod tensorrt;
+pub mod tflite;
