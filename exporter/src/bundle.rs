@@ -228,7 +228,7 @@ pub fn verify_full(
         }
         let d = parity(format, &bytes, &golden)
             .with_context(|| format!("{file}: golden-input check"))?;
-        if !(d <= tolerance) {
+        if d.is_nan() || d > tolerance {
             bail!("{file}: differs from the golden outputs by {d:e} (tolerance {tolerance:e})");
         }
         reports.push(ParityReport {

@@ -54,7 +54,7 @@ pub fn export(src: &RunSource, golden: &Golden) -> Result<Exported> {
     let onnx_max_abs = parity(Format::Onnx, &onnx, golden)?;
     let tflite_max_abs = parity(Format::Tflite, &tflite, golden)?;
     for (name, d) in [("ONNX", onnx_max_abs), ("TFLite", tflite_max_abs)] {
-        if !(d <= TOLERANCE) {
+        if d.is_nan() || d > TOLERANCE {
             bail!("the {name} model differs from the trained network by {d:e} on the golden inputs (tolerance {TOLERANCE:e})");
         }
     }
