@@ -37,8 +37,10 @@ enum Command {
     /// Write the run's network as ONNX (opset 13, NHWC float32 input of raw pixels, dynamic
     /// batch) and check it against the trained network through tract.
     Onnx(ModelArgs),
-    /// Write the run's network as a float32 TFLite flatbuffer and check it through tract.
-    Tflite(ModelArgs),
+    /// Write the run's network as a float32 TFLite flatbuffer and check it through tract;
+    /// with --int8 also a post-training-quantised int8 file, with size, accuracy and ICP
+    /// figures of both (and of candle and ONNX) on a dataset's splits.
+    Tflite(TfliteArgs),
     /// Generate an ed25519 signing key pair (PEM: NAME.key private, NAME.pub public).
     Keygen(KeygenArgs),
     /// Export, check, sign and pack a run's bundle; upload it to STORE/models/<model_id>/
@@ -68,6 +70,23 @@ struct ModelArgs {
     /// Print one JSON object (the last line).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct TfliteArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Also write an int8 model (post-training quantisation calibrated on --data's
+    /// calibration split) to OUT with `.int8.tflite`, and report its figures.
+    #[arg(long, requires = "data")]
+    int8: bool,
+    /// Dataset version (folder or URL, as `trainer ingest` writes) for calibration and
+    /// evaluation; the run's own dataset for honest figures.
+    #[arg(long)]
+    data: Option<String>,
+    /// Calibration images for the activation ranges.
+    #[arg(long, default_value_t = 1000)]
+    calibration_images: usize,
 }
 
 #[derive(Args, Debug)]
@@ -163,7 +182,13 @@ struct TensorrtArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Onnx(a) => write_model(&a, &cli.registry, true),
-        Command::Tflite(a) => write_model(&a, &cli.registry, false),
+        Command::Tflite(a) => {
+            write_model(&a.model, &cli.registry, false)?;
+            if a.int8 {
+                tflite_int8(&a, &cli.registry)?;
+            }
+            Ok(())
+        }
         Command::Keygen(a) => keygen(&a),
         Command::Bundle(a) => make_bundle(&a, &cli.registry),
         Command::Verify(a) => verify(&a),
@@ -569,6 +594,186 @@ fn bench(a: &BenchArgs, registry: &str) -> Result<()> {
     }
     if a.json {
         println!("{}", serde_json::json!({"threads": threads, "rows": rows}));
+    }
+    Ok(())
+}
+
+fn int8_path(float: &Path) -> PathBuf {
+    float.with_extension("int8.tflite")
+}
+
+fn tflite_int8(a: &TfliteArgs, registry: &str) -> Result<()> {
+    use exporter::evaluate::{figures, set_agreement, SplitEmbeddings, Splits};
+    use shared::data::split::SplitName;
+    let data = a.data.as_deref().context("--int8 needs --data")?;
+    let (src, golden) = open(&a.model.run, registry)?;
+    let ex = export(&src, &golden)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let loc = shared::store::open(data)?;
+    let (splits, names) = rt
+        .block_on(async {
+            let ds = shared::data::shards::open_dataset(&loc).await?;
+            let s = Splits {
+                train: ds.read_split(SplitName::Train).await?,
+                calibration: ds.read_split(SplitName::Calibration).await?,
+                validation: ds.read_split(SplitName::Validation).await?,
+                n_classes: ds.manifest.class_names.len(),
+            };
+            anyhow::Ok((s, ds.manifest.class_names.clone()))
+        })
+        .with_context(|| format!("reading dataset {data}"))?;
+    let side = src.net.arch().side;
+    if splits.train.side != side {
+        anyhow::bail!(
+            "dataset {data} has {0}x{0} images, the network takes {side}x{side}",
+            splits.train.side
+        );
+    }
+    let dim = src.net.arch().embedding_dim;
+    let n_cal = a.calibration_images.min(splits.calibration.len());
+    let idx: Vec<usize> = (0..n_cal).collect();
+    let cal_input = exporter::net::raw_input(&splits.calibration, &idx);
+    let ranges = exporter::quantize::calibrate(&ex.onnx, &ex.net, &cal_input, 64)?;
+    tracing::info!(?ranges, "activation ranges from {n_cal} calibration images");
+    let int8 = exporter::quantize::to_tflite_int8_bytes(
+        &ex.net,
+        &ranges,
+        &format!("edgecp int8, run {}", src.run_id),
+    );
+    let float_out = a
+        .model
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(TFLITE_FILE));
+    let out = int8_path(&float_out);
+    std::fs::write(&out, &int8).with_context(|| format!("writing {}", out.display()))?;
+
+    // Embeddings of every split: candle, tract-onnx, LiteRT float32 and int8.
+    let bar = indicatif::ProgressBar::new(4);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:20}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let sets = [&splits.train, &splits.calibration, &splits.validation];
+    bar.set_message("candle");
+    let emb = |f: &dyn Fn(&shared::data::ImageSet) -> Result<Vec<f32>>| -> Result<SplitEmbeddings> {
+        Ok(SplitEmbeddings {
+            train: f(sets[0])?,
+            calibration: f(sets[1])?,
+            validation: f(sets[2])?,
+        })
+    };
+    let candle = emb(&|s| exporter::net::reference_embeddings(&src.net, s))?;
+    bar.inc(1);
+    bar.set_message("tract-onnx");
+    let tract =
+        exporter::runtime::TractModel::load(exporter::runtime::Format::Onnx, &ex.onnx, 64, side)?;
+    let onnx = emb(&|s| {
+        let idx: Vec<usize> = (0..s.len()).collect();
+        tract.run_all(&exporter::net::raw_input(s, &idx))
+    })?;
+    bar.inc(1);
+    bar.set_message("LiteRT float32 and int8 (Python)");
+    let dir = std::env::temp_dir().join(format!("edgecp-int8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("float.tflite"), &ex.tflite)?;
+    std::fs::write(dir.join("int8.tflite"), &int8)?;
+    let split_names = ["train", "calibration", "validation"];
+    for (n, s) in split_names.iter().zip(sets) {
+        std::fs::write(dir.join(format!("{n}.u8")), &s.pixels)?;
+    }
+    let job = serde_json::json!({
+        "side": side,
+        "models": ["float.tflite", "int8.tflite"],
+        "splits": {"train": sets[0].len(), "calibration": sets[1].len(), "validation": sets[2].len()},
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    std::fs::write(dir.join("job.json"), job.to_string())?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = exporter::bench::python(&repo)?;
+    let o = std::process::Command::new(&py)
+        .arg(repo.join("scripts/py/embed_tflite.py"))
+        .arg(&dir)
+        .output()
+        .with_context(|| format!("starting {}", py.display()))?;
+    if !o.status.success() {
+        anyhow::bail!(
+            "embed_tflite.py failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let read = |model: &str, split: &str| -> Result<Vec<f32>> {
+        let p = dir.join(format!("{model}.{split}.f32"));
+        let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let litert = |m: &str| -> Result<SplitEmbeddings> {
+        Ok(SplitEmbeddings {
+            train: read(m, "train")?,
+            calibration: read(m, "calibration")?,
+            validation: read(m, "validation")?,
+        })
+    };
+    let lf = litert("float.tflite")?;
+    let li = litert("int8.tflite")?;
+    bar.inc(2);
+    bar.finish_and_clear();
+    std::fs::remove_dir_all(&dir).ok();
+
+    let icp = src.icp.clone();
+    let mondrian = icp.as_ref().is_some_and(|i| i.mondrian);
+    let mode = icp.map_or(shared::icp::PValueMode::Standard, |i| i.p_values);
+    let eps = 0.05;
+    let grid: Vec<f64> = (1..=199).map(|i| f64::from(i) / 1000.0).collect();
+    let mut rows = vec![];
+    for (name, e, bytes) in [
+        ("candle (trained network)", &candle, None),
+        ("onnx via tract", &onnx, Some(ex.onnx.len())),
+        ("tflite float32 via LiteRT", &lf, Some(ex.tflite.len())),
+        ("tflite int8 via LiteRT", &li, Some(int8.len())),
+    ] {
+        let f = figures(e, &splits, dim, eps, mondrian, mode)?;
+        let (agree, differ) = set_agreement(&candle, e, &splits, dim, &grid, mondrian, mode)?;
+        rows.push(serde_json::json!({
+            "model": name, "bytes": bytes, "figures": f,
+            "sets_identical_to_candle": agree, "set_differences": differ,
+        }));
+    }
+    let size_ratio = int8.len() as f64 / ex.tflite.len() as f64;
+    let json = serde_json::json!({
+        "run_id": src.run_id, "dataset": data, "classes": names.len(),
+        "validation_images": splits.validation.len(), "calibration_images_for_ranges": n_cal,
+        "int8_file": out.display().to_string(), "size_ratio_int8_to_float32": size_ratio,
+        "epsilon_grid_for_set_identity": "0.001..0.199", "rows": rows,
+    });
+    if a.model.json {
+        println!("{json}");
+    } else {
+        println!(
+            "int8 model {} ({} bytes, {:.3}x the float32 file)",
+            out.display(),
+            int8.len(),
+            size_ratio
+        );
+        println!(
+            "{:<28} {:>10} {:>9} {:>11} {:>10} {:>22}",
+            "model", "bytes", "NC acc", "err@0.05", "singleton", "sets = candle (0.001..0.199)"
+        );
+        for r in &rows {
+            let f = &r["figures"];
+            println!(
+                "{:<28} {:>10} {:>9.4} {:>11.4} {:>10.3} {:>14.6} ({} differ)",
+                r["model"].as_str().unwrap_or(""),
+                r["bytes"].as_u64().map_or("-".into(), |b| b.to_string()),
+                f["nc_accuracy"].as_f64().unwrap_or(f64::NAN),
+                f["icp_error"].as_f64().unwrap_or(f64::NAN),
+                f["singleton"].as_f64().unwrap_or(f64::NAN),
+                r["sets_identical_to_candle"].as_f64().unwrap_or(f64::NAN),
+                r["set_differences"]
+            );
+        }
     }
     Ok(())
 }

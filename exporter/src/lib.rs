@@ -4,10 +4,12 @@
 
 pub mod bench;
 pub mod bundle;
+pub mod evaluate;
 pub mod export;
 pub mod golden;
 pub mod net;
 pub mod onnx;
+pub mod quantize;
 pub mod runtime;
 pub mod source;
 pub mod tensorrt;

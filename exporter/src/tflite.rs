@@ -23,8 +23,9 @@ use tract_tflite::tflite::{
     DivOptionsArgs, FullyConnectedOptions, FullyConnectedOptionsArgs,
     FullyConnectedOptionsWeightsFormat, Model, ModelArgs, MulOptions, MulOptionsArgs, Operator,
     OperatorArgs, OperatorCode, OperatorCodeArgs, Padding, Pool2DOptions, Pool2DOptionsArgs,
-    ReducerOptions, ReducerOptionsArgs, ReshapeOptions, ReshapeOptionsArgs, SubGraph, SubGraphArgs,
-    Tensor, TensorArgs, TensorType,
+    QuantizationDetails, QuantizationParameters, QuantizationParametersArgs, ReducerOptions,
+    ReducerOptionsArgs, ReshapeOptions, ReshapeOptionsArgs, SubGraph, SubGraphArgs, Tensor,
+    TensorArgs, TensorType,
 };
 
 use crate::net::FoldedNet;
@@ -41,16 +42,37 @@ pub enum TfliteError {
     Model { file: String, what: String },
 }
 
-struct Writer<'f> {
-    fb: FlatBufferBuilder<'f>,
+/// Affine quantisation of a tensor: `real = scale * (q - zero_point)`, per tensor (one
+/// value) or per channel along `axis`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quant {
+    pub scale: Vec<f32>,
+    pub zero_point: Vec<i64>,
+    pub axis: i32,
+}
+
+impl Quant {
+    pub fn per_tensor(scale: f32, zero_point: i64) -> Quant {
+        Quant {
+            scale: vec![scale],
+            zero_point: vec![zero_point],
+            axis: 0,
+        }
+    }
+}
+
+pub(crate) struct Writer<'f> {
+    pub(crate) fb: FlatBufferBuilder<'f>,
     buffers: Vec<WIPOffset<Buffer<'f>>>,
     tensors: Vec<WIPOffset<Tensor<'f>>>,
     ops: Vec<WIPOffset<Operator<'f>>>,
     codes: Vec<BuiltinOperator>,
+    /// Op versions other than 1 (int8 kernels need higher ones).
+    pub(crate) versions: Vec<(BuiltinOperator, i32)>,
 }
 
 impl<'f> Writer<'f> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut fb = FlatBufferBuilder::new();
         // buffer 0: the empty sentinel that every non-constant tensor points at
         let sentinel = Buffer::create(&mut fb, &BufferArgs { data: None });
@@ -60,16 +82,19 @@ impl<'f> Writer<'f> {
             tensors: vec![],
             ops: vec![],
             codes: vec![],
+            versions: vec![],
         }
     }
 
-    fn tensor(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn tensor(
         &mut self,
         name: &str,
         shape: &[i32],
         signature: Option<&[i32]>,
         ty: TensorType,
         data: Option<&[u8]>,
+        quant: Option<&Quant>,
     ) -> i32 {
         let buffer = match data {
             Some(bytes) => {
@@ -83,6 +108,22 @@ impl<'f> Writer<'f> {
         let shape = self.fb.create_vector(shape);
         let shape_signature = signature.map(|s| self.fb.create_vector(s));
         let name = self.fb.create_string(name);
+        let quantization = quant.map(|q| {
+            let scale = self.fb.create_vector(&q.scale);
+            let zero_point = self.fb.create_vector(&q.zero_point);
+            QuantizationParameters::create(
+                &mut self.fb,
+                &QuantizationParametersArgs {
+                    min: None,
+                    max: None,
+                    scale: Some(scale),
+                    zero_point: Some(zero_point),
+                    details_type: QuantizationDetails::NONE,
+                    details: None,
+                    quantized_dimension: q.axis,
+                },
+            )
+        });
         self.tensors.push(Tensor::create(
             &mut self.fb,
             &TensorArgs {
@@ -90,7 +131,7 @@ impl<'f> Writer<'f> {
                 type_: ty,
                 buffer,
                 name: Some(name),
-                quantization: None,
+                quantization,
                 is_variable: false,
                 sparsity: None,
                 shape_signature,
@@ -101,13 +142,13 @@ impl<'f> Writer<'f> {
         (self.tensors.len() - 1) as i32
     }
 
-    fn f32_const(&mut self, name: &str, shape: &[usize], v: &[f32]) -> i32 {
+    pub(crate) fn f32_const(&mut self, name: &str, shape: &[usize], v: &[f32]) -> i32 {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let shape: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
-        self.tensor(name, &shape, None, TensorType::FLOAT32, Some(&bytes))
+        self.tensor(name, &shape, None, TensorType::FLOAT32, Some(&bytes), None)
     }
 
-    fn i32_const(&mut self, name: &str, v: &[i32]) -> i32 {
+    pub(crate) fn i32_const(&mut self, name: &str, v: &[i32]) -> i32 {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.tensor(
             name,
@@ -115,19 +156,35 @@ impl<'f> Writer<'f> {
             None,
             TensorType::INT32,
             Some(&bytes),
+            None,
         )
     }
 
-    /// An activation tensor: batch 1 in `shape`, -1 in the signature.
-    fn activation(&mut self, name: &str, dims: &[usize]) -> i32 {
+    /// A float32 activation tensor: batch 1 in `shape`, -1 in the signature.
+    pub(crate) fn activation(&mut self, name: &str, dims: &[usize]) -> i32 {
+        self.activation_q(name, dims, None)
+    }
+
+    /// An activation tensor, int8 when `quant` is given.
+    pub(crate) fn activation_q(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        quant: Option<&Quant>,
+    ) -> i32 {
         let mut shape = vec![1i32];
         shape.extend(dims.iter().map(|&d| d as i32));
         let mut sig = vec![-1i32];
         sig.extend(dims.iter().map(|&d| d as i32));
-        self.tensor(name, &shape, Some(&sig), TensorType::FLOAT32, None)
+        let ty = if quant.is_some() {
+            TensorType::INT8
+        } else {
+            TensorType::FLOAT32
+        };
+        self.tensor(name, &shape, Some(&sig), ty, None, quant)
     }
 
-    fn op(
+    pub(crate) fn op(
         &mut self,
         code: BuiltinOperator,
         inputs: &[i32],
@@ -160,7 +217,7 @@ impl<'f> Writer<'f> {
         ));
     }
 
-    fn mul(&mut self, a: i32, b: i32, out: i32) {
+    pub(crate) fn mul(&mut self, a: i32, b: i32, out: i32) {
         let o = MulOptions::create(
             &mut self.fb,
             &MulOptionsArgs {
@@ -176,7 +233,7 @@ impl<'f> Writer<'f> {
         );
     }
 
-    fn add(&mut self, a: i32, b: i32, out: i32) {
+    pub(crate) fn add(&mut self, a: i32, b: i32, out: i32) {
         let o = AddOptions::create(
             &mut self.fb,
             &AddOptionsArgs {
@@ -308,6 +365,14 @@ pub fn to_tflite_bytes(net: &FoldedNet, description: &str) -> Vec<u8> {
         BuiltinOptions::FullyConnectedOptions,
         Some(o.as_union_value()),
     );
+    let out = l2_tail(&mut w, net, dense);
+    finish(w, input, out, description)
+}
+
+/// The L2 normalisation after the dense output `dense` (when the arch has it); returns
+/// the output tensor.
+pub(crate) fn l2_tail(w: &mut Writer<'_>, net: &FoldedNet, dense: i32) -> i32 {
+    let e = net.arch.embedding_dim;
     let mut out = dense;
     if net.arch.l2_normalize {
         let sq = w.activation("l2_sq", &[e]);
@@ -348,10 +413,10 @@ pub fn to_tflite_bytes(net: &FoldedNet, description: &str) -> Vec<u8> {
             Some(o.as_union_value()),
         );
     }
-    finish(w, input, out, description)
+    out
 }
 
-fn finish(mut w: Writer<'_>, input: i32, output: i32, description: &str) -> Vec<u8> {
+pub(crate) fn finish(mut w: Writer<'_>, input: i32, output: i32, description: &str) -> Vec<u8> {
     let tensors = w.fb.create_vector(&w.tensors);
     let inputs = w.fb.create_vector(&[input]);
     let outputs = w.fb.create_vector(&[output]);
@@ -377,7 +442,11 @@ fn finish(mut w: Writer<'_>, input: i32, output: i32, description: &str) -> Vec<
                 &OperatorCodeArgs {
                     deprecated_builtin_code: deprecated_code(code),
                     custom_code: None,
-                    version: 1,
+                    version: w
+                        .versions
+                        .iter()
+                        .find(|(c, _)| *c == code)
+                        .map_or(1, |(_, v)| *v),
                     builtin_code: code,
                 },
             )
