@@ -42,6 +42,16 @@ fn exported_models_match_candle_on_64_gtsrb_images() {
         std::fs::create_dir_all(&ex).unwrap();
         std::fs::write(ex.join("model.onnx"), &onnx).unwrap();
         std::fs::write(ex.join("model.tflite"), &tflite).unwrap();
+        // int8: calibrated on these images (the test checks the file runs and stays close)
+        let ranges = exporter::quantize::calibrate(&onnx, &folded, &x, 16).unwrap();
+        let int8 = exporter::quantize::to_tflite_int8_bytes(&folded, &ranges, "test");
+        assert!(
+            int8.len() * 3 < tflite.len(),
+            "int8 {} vs float {}",
+            int8.len(),
+            tflite.len()
+        );
+        std::fs::write(ex.join("model_int8.tflite"), &int8).unwrap();
         common::write_f32(&ex.join("input.f32"), &x);
         common::write_f32(&ex.join("expected.f32"), &want);
         std::fs::write(
@@ -61,6 +71,11 @@ fn exported_models_match_candle_on_64_gtsrb_images() {
             let d = r[k].as_f64().unwrap_or(f64::INFINITY);
             assert!(d <= f64::from(TOL), "{k}: {d:e}");
         }
+        let cos = r["litert_int8_min_cosine"].as_f64().unwrap_or(0.0);
+        assert!(
+            cos > 0.95,
+            "int8 embeddings drift from float32: min cosine {cos}"
+        );
         let ops: Vec<&str> = r["litert_ops"]
             .as_array()
             .unwrap()

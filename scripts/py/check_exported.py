@@ -53,6 +53,22 @@ def main(d):
         out["litert_batch_n"] = float(np.abs(y - want).max())
         ops = sorted({op["op_name"] for op in it._get_ops_details()})
         out["litert_ops"] = ops
+    q = os.path.join(d, "model_int8.tflite")
+    if os.path.exists(q):
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=q, num_threads=2)
+        inp = it.get_input_details()[0]
+        outp = it.get_output_details()[0]
+        it.resize_tensor_input(inp["index"], [n, s, s, 3])
+        it.allocate_tensors()
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        y = it.get_tensor(outp["index"])
+        out["litert_int8_max_abs"] = float(np.abs(y - want).max())
+        cos = (y * want).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(want, axis=1) + 1e-12)
+        out["litert_int8_min_cosine"] = float(cos.min())
+        out["litert_int8_ops"] = sorted({op["op_name"] for op in it._get_ops_details()})
     print(json.dumps(out))
 
 
