@@ -1,6 +1,8 @@
 //! The common language of the three programs (`trainer`, `exporter`, `edge-agent`):
-//! dataset sources and shards, inductive conformal prediction, embedding-quality metrics.
+//! dataset sources and shards, inductive conformal prediction, embedding-quality metrics,
+//! model bundles (manifest, hashes, ed25519 signatures).
 
+pub mod bundle;
 pub mod data;
 pub mod icp;
 pub mod image;

@@ -313,3 +313,39 @@ impl ChunkReader {
         (hex::encode(self.hasher.finalize()), self.read)
     }
 }
+
+/// Reads the whole object at `url`: a URL as [`object_url`] makes it (`file:///...`), or a
+/// local path. The object's own directory is opened as the location, so a URL from the
+/// registry is enough.
+pub async fn read_url(url: &str) -> Result<Vec<u8>, StoreError> {
+    let err = |what: String| StoreError::Location {
+        location: url.to_string(),
+        what,
+    };
+    let file = if url.contains("://") {
+        let parsed = Url::parse(url).map_err(|e| err(format!("not a valid URL: {e}")))?;
+        if parsed.scheme() != "file" {
+            return Err(err(format!(
+                "unsupported scheme {:?}: this build reads local directories and file:// URLs",
+                parsed.scheme()
+            )));
+        }
+        parsed
+            .to_file_path()
+            .map_err(|_| err("file URL without an absolute path".into()))?
+    } else {
+        PathBuf::from(url)
+    };
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return Err(err("names no file".into()));
+    };
+    let dir_text = dir.display().to_string();
+    let loc = open_dir(dir, &dir_text)?;
+    let object = loc.child(&name.to_string_lossy());
+    let backend = |source| StoreError::Backend {
+        location: url.to_string(),
+        source,
+    };
+    let got = loc.store.get(&object).await.map_err(backend)?;
+    Ok(got.bytes().await.map_err(backend)?.to_vec())
+}

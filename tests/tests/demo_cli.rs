@@ -42,6 +42,30 @@ fn demo_trains_calibrates_and_prints_the_json_contract() {
     }
     assert_eq!(j["training"]["steps"].as_u64(), Some(3));
 
+    // The run was exported, signed and bundled; the bundle verifies with the printed key,
+    // and a single changed byte makes `exporter verify` fail naming the file.
+    let bundle = j["bundle"].as_str().expect("bundle in the JSON");
+    let key = j["public_key"].as_str().expect("public_key in the JSON");
+    assert!(std::path::Path::new(bundle).join("manifest.json").is_file());
+    let o = run("exporter", &["verify", bundle, "--key", key, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(last_json(&o)["valid"], true);
+    let o = run("exporter", &["inspect", bundle]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("model.tflite"));
+    let tflite = std::path::Path::new(bundle).join("model.tflite");
+    let mut bytes = std::fs::read(&tflite).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&tflite, &bytes).unwrap();
+    let o = run("exporter", &["verify", bundle, "--key", key]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("model.tflite") && err.contains("sha256"),
+        "{err}"
+    );
+
     // The run is in the demo's registry, finished, with its final metrics.
     let registry = format!("sqlite://{dir}/registry.db?mode=rwc");
     let run_id = j["run_id"].as_str().unwrap();

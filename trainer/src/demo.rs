@@ -1,6 +1,8 @@
 //! `trainer demo`: the offline path end to end, with no data and no services: synthetic
 //! signs -> versioned dataset -> training (default recipe, short budget) -> calibration ->
-//! evaluation, recorded in an embedded SQLite registry under `--out`.
+//! evaluation, recorded in an embedded SQLite registry under `--out`; then the `exporter`
+//! binary exports, checks, signs and bundles the run (key generated on first use and kept
+//! in `--out/keys`).
 
 use std::path::PathBuf;
 
@@ -91,7 +93,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let report = run_trial(&TrialRequest {
         cfg,
         dataset: summary.location.clone(),
-        registry_url: registry,
+        registry_url: registry.clone(),
         artifacts: args.out.join("artifacts").display().to_string(),
         experiment: "demo".into(),
         name: format!("demo-{}", ingest_args.source_kind()),
@@ -99,12 +101,112 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         icp: args.icp.settings(),
         quiet: args.json,
     })?;
+    let bundle = bundle_run(&args.out, &registry, &report.run_dir, args.json)?;
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["dataset_id"] = summary.dataset_id.clone().into();
+        v["bundle"] = bundle.dir.display().to_string().into();
+        v["public_key"] = bundle.public_key.display().to_string().into();
+        v["model_id"] = bundle.model_id.into();
         println!("{v}");
     } else {
         print_report(&report);
+        println!(
+            "bundle {} (signed; verify with `exporter verify {} --key {}`)",
+            bundle.dir.display(),
+            bundle.dir.display(),
+            bundle.public_key.display()
+        );
     }
     Ok(())
+}
+
+/// The demo's bundle.
+struct DemoBundle {
+    dir: PathBuf,
+    public_key: PathBuf,
+    model_id: String,
+}
+
+/// The `exporter` binary: `EDGECP_EXPORTER`, else beside this executable (same cargo
+/// target folder), else on PATH.
+fn exporter_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("EDGECP_EXPORTER") {
+        return Ok(PathBuf::from(p));
+    }
+    let name = format!("exporter{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(&name)));
+    if let Some(p) = beside.filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join(&name))
+            .find(|p| p.is_file())
+        {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!(
+        "the demo bundles its run with the `exporter` binary, which is not beside {} nor on PATH: \
+         build it (`cargo build --release -p exporter`, or `cargo build --release` for the whole \
+         workspace) or set EDGECP_EXPORTER to its path",
+        std::env::current_exe().map_or("trainer".into(), |p| p.display().to_string())
+    )
+}
+
+/// Exports, signs and bundles the run in `run_dir` with the `exporter` binary (the exporter
+/// depends on this crate, so it cannot be called in-process); the signing key is created on
+/// first use in `out/keys/`.
+fn bundle_run(
+    out: &std::path::Path,
+    registry: &str,
+    run_dir: &str,
+    quiet: bool,
+) -> Result<DemoBundle> {
+    let keys_dir = out.join("keys");
+    let (_, paths) =
+        shared::bundle::keys::load_or_create(&keys_dir, "signing").context("demo signing key")?;
+    let exporter = exporter_binary()?;
+    let mut cmd = std::process::Command::new(&exporter);
+    cmd.arg("--registry")
+        .arg(registry)
+        .arg("bundle")
+        .arg("--run")
+        .arg(run_dir)
+        .arg("--key")
+        .arg(&paths.private)
+        .arg("--out")
+        .arg(out.join("bundles"))
+        .arg("--store")
+        .arg(out.join("store"))
+        .arg("--json");
+    if quiet {
+        cmd.env("RUST_LOG", "warn");
+    }
+    let output = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {}", exporter.display()))?;
+    if !output.status.success() {
+        anyhow::bail!("{} bundle failed ({})", exporter.display(), output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(line)
+        .with_context(|| format!("exporter bundle printed no JSON: {stdout}"))?;
+    let dir = v["bundle"]
+        .as_str()
+        .context("exporter bundle's JSON has no bundle path")?;
+    Ok(DemoBundle {
+        dir: PathBuf::from(dir),
+        public_key: std::fs::canonicalize(&paths.public).unwrap_or(paths.public),
+        model_id: v["model_id"].as_str().unwrap_or("").to_string(),
+    })
 }

@@ -3,21 +3,7 @@
 //! Subcommands: `ingest` (images -> versioned dataset shards), `demo` (the offline path
 //! end to end), `bench` (speed figures against the tools a user would otherwise pick).
 
-mod bench;
-mod demo;
-mod evaluate;
-mod ingest;
-mod memory;
-mod plots;
-mod progress;
-// Part of the registry's API (best_run, metric_history, heartbeat) serves `trainer best`
-// and the cloud issue; its tests (tests/registry_backends.rs) exercise all of it.
-#[allow(dead_code)]
-mod registry;
-mod runs;
-mod train_cmd;
-mod training;
-mod trial;
+use trainer::{bench, demo, ingest, memory, registry, runs, train_cmd};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

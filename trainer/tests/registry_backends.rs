@@ -785,6 +785,36 @@ async fn killed_process(url: &str) {
     reg.close().await;
 }
 
+async fn bundles_recorded(url: &str) {
+    let reg = Registry::open(url).await.expect("open");
+    let mut b = registry::BundleRecord {
+        model_id: "0123456789ab-cafef00d".into(),
+        run_id: "0123456789abcdef0123456789abcdef".into(),
+        format_version: 1,
+        manifest_sha256: "ab".repeat(32),
+        uri: "file:///store/models/0123456789ab-cafef00d".into(),
+        public_key: "cd".repeat(32),
+        created_ms: 1_700_000_000_000,
+    };
+    reg.record_bundle(&b).await.expect("record");
+    let other = registry::BundleRecord {
+        model_id: "fedcba987654-00000000".into(),
+        run_id: "fedcba9876543210fedcba9876543210".into(),
+        created_ms: 1_700_000_000_001,
+        ..b.clone()
+    };
+    reg.record_bundle(&other).await.expect("record another");
+    assert_eq!(
+        reg.bundles(None).await.unwrap(),
+        vec![other.clone(), b.clone()]
+    );
+    // the same model id again replaces the record
+    b.uri = "s3://bucket/models/0123456789ab-cafef00d".into();
+    reg.record_bundle(&b).await.expect("re-record");
+    assert_eq!(reg.bundles(Some(&b.run_id)).await.unwrap(), vec![b.clone()]);
+    reg.close().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -819,6 +849,7 @@ both_backends!(
     run_guard,
     concurrent_writers,
     killed_process,
+    bundles_recorded,
 );
 
 // ---------------------------------------------------------------------------------------

@@ -19,11 +19,18 @@ use super::RegistryError;
 pub const MIGRATIONS_TABLE: &str = "edgecp_migrations";
 
 /// The migrations this binary knows, oldest first: (version, description, SQL).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "run registry: experiments, runs, params, metrics, artifacts",
-    include_str!("../../migrations/0001_run_registry.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "run registry: experiments, runs, params, metrics, artifacts",
+        include_str!("../../migrations/0001_run_registry.sql"),
+    ),
+    (
+        2,
+        "model bundles",
+        include_str!("../../migrations/0002_model_bundles.sql"),
+    ),
+];
 
 /// Newest schema version this binary writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -38,6 +38,7 @@
 // later; the tests exercise all of it.
 
 mod blocking;
+mod bundles;
 mod guard;
 mod migrate;
 
@@ -54,6 +55,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 #[allow(unused_imports)] // the public API, used as the commands that need it land
 pub use blocking::BlockingRegistry;
+pub use bundles::BundleRecord;
 #[allow(unused_imports)]
 pub use guard::{Heartbeat, RunGuard, HEARTBEAT_EVERY};
 #[allow(unused_imports)]

@@ -1,0 +1,365 @@
+//! Model bundles: what a device receives (format described in `docs/BUNDLE.md`).
+//!
+//! A bundle is a directory: `manifest.json`, `manifest.sig` (the 64-byte ed25519 signature
+//! of the exact bytes of `manifest.json`) and the files the manifest lists, each with its
+//! sha256 and size. [`verify`] checks, in this order, that the signature holds for the
+//! given public key, that the format and its version are known, and that every listed file
+//! exists with the listed size and digest and that no other file is present. Only then is
+//! anything in the bundle trusted. Running the models on the golden inputs is the
+//! caller's step (it needs an inference engine).
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Value of the manifest's `format` field.
+pub const FORMAT: &str = "edgecp-bundle";
+/// The bundle format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The signature's file name.
+pub const SIGNATURE_FILE: &str = "manifest.sig";
+
+/// Why a bundle was refused or could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {}: {what}", path.display())]
+    Key { path: PathBuf, what: String },
+    #[error("no random numbers from the operating system: {0}")]
+    Random(String),
+    #[error("{}: the signature of {MANIFEST_FILE} does not verify with the given public key (tampered manifest, or signed by another key)", path.display())]
+    BadSignature { path: PathBuf },
+    #[error("{}: {what}", path.display())]
+    Manifest { path: PathBuf, what: String },
+    #[error("{}: bundle format version {found} is not supported (this build reads version {FORMAT_VERSION})", path.display())]
+    UnknownVersion { path: PathBuf, found: u64 },
+    #[error("{}: is {found} bytes, the manifest says {expected}", path.display())]
+    Size {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("{}: sha256 {found} differs from the manifest's {expected}", path.display())]
+    Digest {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("{}: not listed in the manifest (a bundle holds only what its signature covers)", path.display())]
+    Unlisted { path: PathBuf },
+}
+
+/// One file of the bundle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the bundle directory (plain file name; no `/`, no `..`).
+    pub name: String,
+    /// What the file is: `onnx`, `tflite`, `tflite_int8`, `tensorrt`, `reference`, `golden`.
+    pub role: String,
+    /// Lowercase hex sha256 of the file's bytes.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Input tensor description.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub name: String,
+    /// `[-1, S, S, 3]`: -1 is the dynamic batch.
+    pub shape: Vec<i64>,
+    pub layout: String,
+    pub dtype: String,
+    pub color: String,
+    /// What the caller feeds: raw pixel values 0..=255 as float32.
+    pub value_range: [f32; 2],
+    pub normalization: Normalization,
+}
+
+/// The input normalisation and where it happens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// `v = x * scale + offset` per channel value x.
+    pub scale: f32,
+    pub offset: f32,
+    /// True: the models apply it themselves (feed raw pixels).
+    pub in_graph: bool,
+}
+
+/// Output tensor description.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    pub name: String,
+    /// `[-1, E]`.
+    pub shape: Vec<i64>,
+    pub dtype: String,
+    pub l2_normalized: bool,
+}
+
+/// How the device's conformal predictor is set up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IcpSpec {
+    /// Nonconformity measure, e.g. `{"kind": "nearest_centroid"}`.
+    pub ncm: crate::icp::NcmKind,
+    pub mondrian: bool,
+    /// p-value rule, e.g. `{"kind": "standard"}`: (count + 1) / (n + 1).
+    pub p_values: crate::icp::PValueMode,
+    /// Significance level the bundle was evaluated at (a device may choose another).
+    pub epsilon: f64,
+    /// Tensor in the reference file holding the calibration scores of `ncm`.
+    pub calibration_scores: String,
+    pub n_calibration: u64,
+}
+
+/// One model file and how it was checked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub file: String,
+    /// `onnx`, `tflite`, `tensorrt`.
+    pub format: String,
+    /// `float32`, `int8`, `float16`.
+    pub precision: String,
+    /// ONNX opset (ONNX only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opset: Option<i64>,
+    /// GPU and TensorRT version (TensorRT only: engines are specific to both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Largest |difference| to the trained network on the golden inputs at export.
+    pub max_abs_diff: f64,
+    /// Whether the golden-input parity check applies with [`GoldenSpec::tolerance`]
+    /// (false for quantised models, which are judged by accuracy instead).
+    pub parity_checked: bool,
+}
+
+/// Golden inputs for the on-device self-test.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoldenSpec {
+    pub file: String,
+    pub count: u64,
+    /// Largest allowed |difference| of a float32 model's output to `expected`.
+    pub tolerance: f64,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub model_id: String,
+    pub run_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    pub producer: String,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+    /// The network's architecture as the trainer records it.
+    pub arch: serde_json::Value,
+    pub class_names: Vec<String>,
+    pub icp: IcpSpec,
+    pub models: Vec<ModelEntry>,
+    pub reference: String,
+    pub golden: GoldenSpec,
+    /// Final metrics of the run (and of the exported models), by name.
+    pub metrics: BTreeMap<String, f64>,
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// The file entry with `role`, if any.
+    pub fn file_with_role(&self, role: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.role == role)
+    }
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A file entry for `dir/name`, hashing the file.
+pub fn file_entry(dir: &Path, name: &str, role: &str) -> Result<FileEntry, BundleError> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).map_err(|source| BundleError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(FileEntry {
+        name: name.to_string(),
+        role: role.to_string(),
+        sha256: sha256_hex(&bytes),
+        bytes: bytes.len() as u64,
+    })
+}
+
+/// Writes `manifest.json` (pretty JSON, trailing newline) and `manifest.sig` into `dir`;
+/// returns the manifest bytes that were signed.
+pub fn write_signed(
+    dir: &Path,
+    manifest: &Manifest,
+    key: &ed25519_dalek::SigningKey,
+) -> Result<Vec<u8>, BundleError> {
+    let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| BundleError::Manifest {
+        path: dir.join(MANIFEST_FILE),
+        what: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    let sig = keys::sign(key, &bytes);
+    let io = |path: PathBuf| move |source| BundleError::Io { path, source };
+    std::fs::write(dir.join(MANIFEST_FILE), &bytes).map_err(io(dir.join(MANIFEST_FILE)))?;
+    std::fs::write(dir.join(SIGNATURE_FILE), sig).map_err(io(dir.join(SIGNATURE_FILE)))?;
+    Ok(bytes)
+}
+
+/// A bundle whose signature, version and files have been checked.
+#[derive(Clone, Debug)]
+pub struct VerifiedBundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// sha256 of the manifest bytes (what rollout commands name).
+    pub manifest_sha256: String,
+}
+
+impl VerifiedBundle {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn check_name(name: &str, manifest: &Path) -> Result<(), BundleError> {
+    let ok = !name.is_empty()
+        && !name.contains('/')
+        && !name.contains('\\')
+        && name != "."
+        && name != ".."
+        && name != MANIFEST_FILE
+        && name != SIGNATURE_FILE;
+    if ok {
+        Ok(())
+    } else {
+        Err(BundleError::Manifest {
+            path: manifest.to_path_buf(),
+            what: format!("file name {name:?} is not a plain file name of the bundle"),
+        })
+    }
+}
+
+/// Reads the manifest without checking anything (for `inspect` of a bundle one cannot
+/// verify). Unknown format versions are still refused, since their fields may mean
+/// something else.
+pub fn read_unverified(dir: &Path) -> Result<Manifest, BundleError> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|source| BundleError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    parse_manifest(&bytes, &path)
+}
+
+fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, BundleError> {
+    let bad = |what: String| BundleError::Manifest {
+        path: path.to_path_buf(),
+        what,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let format = value.get("format").and_then(|v| v.as_str());
+    if format != Some(FORMAT) {
+        return Err(bad(format!("format is {format:?}, expected {FORMAT:?}")));
+    }
+    let version = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| bad("format_version is missing or not a number".into()))?;
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(BundleError::UnknownVersion {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| bad(format!("bad manifest: {e}")))
+}
+
+/// Verifies the bundle in `dir` against `key`: signature over the exact manifest bytes,
+/// format version, and every file's size and sha256; files not in the manifest are refused.
+pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifiedBundle, BundleError> {
+    let mpath = dir.join(MANIFEST_FILE);
+    let spath = dir.join(SIGNATURE_FILE);
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| BundleError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let bytes = read(&mpath)?;
+    let sig = read(&spath)?;
+    let sig: [u8; 64] = sig
+        .as_slice()
+        .try_into()
+        .map_err(|_| BundleError::Manifest {
+            path: spath.clone(),
+            what: format!("is {} bytes, an ed25519 signature is 64", sig.len()),
+        })?;
+    key.verify_strict(&bytes, &Signature::from_bytes(&sig))
+        .map_err(|_| BundleError::BadSignature {
+            path: spath.clone(),
+        })?;
+    let manifest = parse_manifest(&bytes, &mpath)?;
+    for f in &manifest.files {
+        check_name(&f.name, &mpath)?;
+        let path = dir.join(&f.name);
+        let data = read(&path)?;
+        if data.len() as u64 != f.bytes {
+            return Err(BundleError::Size {
+                path,
+                expected: f.bytes,
+                found: data.len() as u64,
+            });
+        }
+        let digest = sha256_hex(&data);
+        if digest != f.sha256 {
+            return Err(BundleError::Digest {
+                path,
+                expected: f.sha256.clone(),
+                found: digest,
+            });
+        }
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| BundleError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| BundleError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name == MANIFEST_FILE || name == SIGNATURE_FILE {
+            continue;
+        }
+        if !manifest.files.iter().any(|f| f.name == name) {
+            return Err(BundleError::Unlisted { path: entry.path() });
+        }
+    }
+    Ok(VerifiedBundle {
+        dir: dir.to_path_buf(),
+        manifest_sha256: sha256_hex(&bytes),
+        manifest,
+    })
+}
+
+#[cfg(test)]
+mod tests;
