@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: toolchain components, the Python venv that
-# holds the reference implementations (NumPy, scikit-learn, crepes), formatting, lints and
+# holds the reference implementations (NumPy, scikit-learn, crepes, onnx, onnxruntime,
+# LiteRT), formatting, lints and
 # every test. Build outputs and the venv live in a cache outside the checkout so that
 # repeated runs (and CI on the same machine) skip the cold build; it also works from nothing.
 set -euo pipefail
@@ -21,7 +22,7 @@ done
 step "Python reference implementations (venv under $CARGO_TARGET_DIR)"
 EDGECP_PYTHON=$(scripts/pyenv.sh)
 export EDGECP_PYTHON
-"$EDGECP_PYTHON" -c 'import numpy, sklearn, crepes; print("numpy", numpy.__version__, "scikit-learn", sklearn.__version__, "crepes ok")' >&2
+"$EDGECP_PYTHON" -c 'import numpy, sklearn, crepes, onnx, onnxruntime, ai_edge_litert; print("numpy", numpy.__version__, "scikit-learn", sklearn.__version__, "onnxruntime", onnxruntime.__version__, "crepes, onnx, LiteRT ok")' >&2
 
 if [ ! -d "$EDGECP_DATA/gtsrb" ]; then
   echo "warning: $EDGECP_DATA/gtsrb is missing: tests that read GTSRB will fail and say so (set EDGECP_DATA)" >&2

@@ -160,3 +160,36 @@ pub fn python(repo: &Path) -> Result<PathBuf> {
             .trim(),
     ))
 }
+
+/// Where tract-onnx's time goes: median seconds of the graph cut after each block
+/// (`relu1`, `relu2`, `relu3`, then the whole net), at batch `batch`. Differences of
+/// consecutive prefixes are the blocks' own times.
+pub fn tract_prefix_times(
+    onnx_bytes: &[u8],
+    side: usize,
+    batch: usize,
+    budget: Duration,
+) -> Result<Vec<(String, f64)>> {
+    use tract_onnx::prelude::*;
+    let x: Vec<f32> = (0..batch * side * side * 3)
+        .map(|i| (i * 37 % 256) as f32)
+        .collect();
+    let mut out = vec![];
+    for cut in ["relu1", "relu2", "relu3", "embedding"] {
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &onnx_bytes[..])?
+            .with_input_fact(0, f32::fact([batch, side, side, 3]).into())?;
+        if cut != "embedding" {
+            let id = model.node_by_name(cut)?.id;
+            model = model.with_output_outlets(&[OutletId::new(id, 0)])?;
+        }
+        let plan = model.into_optimized()?.into_runnable()?;
+        let s = time_calls(budget, || {
+            let t = Tensor::from_shape(&[batch, side, side, 3], &x)?;
+            plan.run(tvec!(t.into()))?;
+            Ok(())
+        })?;
+        out.push((cut.to_string(), s));
+    }
+    Ok(out)
+}

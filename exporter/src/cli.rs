@@ -160,6 +160,9 @@ struct BenchArgs {
     /// Skip the Python runtimes (onnxruntime, LiteRT).
     #[arg(long)]
     no_python: bool,
+    /// Threads for every runtime (default: all logical CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print one JSON object (the last line).
     #[arg(long)]
     json: bool,
@@ -543,7 +546,10 @@ fn bench(a: &BenchArgs, registry: &str) -> Result<()> {
     std::fs::write(dir.join(ONNX_FILE), &onnx)?;
     std::fs::write(dir.join(TFLITE_FILE), &tflite)?;
     let budget = std::time::Duration::from_secs_f64(a.seconds);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    exporter::runtime::set_threads(threads);
     let bar = indicatif::ProgressBar::new(if a.no_python { 2 } else { 3 });
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:20}] {pos}/{len}")
@@ -571,6 +577,8 @@ fn bench(a: &BenchArgs, registry: &str) -> Result<()> {
         )?);
         bar.inc(1);
     }
+    let batch = a.batches.iter().copied().max().unwrap_or(1);
+    let prefixes = tract_prefix_times(&onnx, side, batch, budget)?;
     bar.finish_and_clear();
     std::fs::remove_dir_all(&dir).ok();
     add_ratios(&mut rows);
@@ -591,9 +599,22 @@ fn bench(a: &BenchArgs, registry: &str) -> Result<()> {
             );
         }
         println!("{threads} threads; same ONNX and TFLite files for every runtime");
+        println!("where tract-onnx's time goes at batch {batch} (graph cut after each block):");
+        let mut prev = 0.0;
+        for (cut, s) in &prefixes {
+            println!(
+                "  up to {cut:<10} {:>9.1} us  (+{:.1} us)",
+                s * 1e6,
+                (s - prev) * 1e6
+            );
+            prev = *s;
+        }
     }
     if a.json {
-        println!("{}", serde_json::json!({"threads": threads, "rows": rows}));
+        println!(
+            "{}",
+            serde_json::json!({"threads": threads, "rows": rows, "tract_onnx_prefix_seconds": prefixes})
+        );
     }
     Ok(())
 }

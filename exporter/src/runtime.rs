@@ -136,3 +136,13 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         })
         .fold(0.0, f32::max)
 }
+
+/// Runs tract's matrix products on `n` threads (tract's default is one).
+pub fn set_threads(n: usize) {
+    use tract_onnx::tract_core::tract_linalg::multithread::{set_default_executor, Executor};
+    set_default_executor(if n > 1 {
+        Executor::multithread(n)
+    } else {
+        Executor::SingleThread
+    });
+}
