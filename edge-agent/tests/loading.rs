@@ -177,3 +177,15 @@ fn the_assurance_line_follows_singletons_pairs_and_empty_sets() {
     }
     assert_eq!(pin.states(), [false, true, false, true, false]);
 }
+
+/// Writes a bundle and its key for `edge-agent bench` by hand:
+/// `EDGE_AGENT_BUNDLE_OUT=/tmp/b cargo test -p edge-agent --test loading -- --ignored`.
+#[test]
+#[ignore = "writes a bundle for manual benchmarking"]
+fn write_a_bundle_for_benchmarks() {
+    let Some(out) = std::env::var_os("EDGE_AGENT_BUNDLE_OUT") else {
+        return;
+    };
+    let (dir, key, _) = built_bundle(Path::new(&out));
+    println!("bundle {} key {}", dir.display(), key.display());
+}
