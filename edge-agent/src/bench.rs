@@ -59,45 +59,47 @@ fn serve_figures(r: &Resolved, body: &[u8]) -> Result<(f64, f64)> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting edge-agent serve")?;
-    let result = (|| -> Result<(f64, f64)> {
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening http://")
-            .with_context(|| format!("serve did not start: {line:?}"))?
-            .to_string();
-        let post = || -> Result<()> {
-            let mut s = std::net::TcpStream::connect(&addr)?;
-            write!(
+    let result = probe(&mut child, t0, body);
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn probe(child: &mut std::process::Child, t0: Instant, body: &[u8]) -> Result<(f64, f64)> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening http://")
+        .with_context(|| format!("serve did not start: {line:?}"))?
+        .to_string();
+    let post = || -> Result<()> {
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        write!(
                 s,
                 "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/x-portable-pixmap\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             )?;
-            s.write_all(body)?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp)?;
-            anyhow::ensure!(resp.starts_with("HTTP/1.1 200"), "bad answer: {resp}");
-            Ok(())
-        };
+        s.write_all(body)?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        anyhow::ensure!(resp.starts_with("HTTP/1.1 200"), "bad answer: {resp}");
+        Ok(())
+    };
+    post()?;
+    let cold = t0.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..200 {
         post()?;
-        let cold = t0.elapsed().as_secs_f64() * 1e3;
-        for _ in 0..200 {
-            post()?;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            .context("reading the server's /proc status")?;
-        let rss_kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS")?;
-        Ok((cold, rss_kb / 1024.0))
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .context("reading the server's /proc status")?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok((cold, rss_kb / 1024.0))
 }
 
 pub fn run(

@@ -238,12 +238,10 @@ async fn predict(
         }
         (t.tensor, t.epsilon)
     } else {
-        let st = state.clone();
         let x = tokio::task::spawn_blocking(move || image_input(&body, "request body", side))
             .await
             .map_err(internal)?
             .map_err(|e| bad(format!("request body: {e}")))?;
-        let _ = st;
         (x, None)
     };
     let epsilon = epsilon_of(&state, q.epsilon, body_eps)?;
