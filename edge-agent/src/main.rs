@@ -1,22 +1,376 @@
 //! `edge-agent`: the on-device runtime that verifies signed bundles and answers every input
-//! with a conformal prediction set. The commands arrive with the edge-agent issue; until
-//! then this binary only explains itself.
+//! with a conformal prediction set.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use edge_agent::assurance::{AlertRule, Assurance, Line, MemoryPin};
+use edge_agent::bundle_loader::{self, LoadOptions, LoadedModel};
+use edge_agent::config::FileConfig;
+use edge_agent::input::image_input;
+use edge_agent::pipeline;
+use edge_agent::predictor::parse_ncm;
+use edge_agent::runtime::ModelFormat;
+use edge_agent::server::{self, AppState, Limits};
+use edge_agent::slot::ModelSlot;
+use edge_agent::validity::ValidityConfig;
+
+mod bench;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "edge-agent",
     version,
     about = "Serve verified models on edge devices with conformal prediction sets",
-    long_about = "Serve verified models on edge devices: pull and verify signed bundles, swap \
-                  them in atomically, and answer every input with an inductive conformal \
-                  prediction set whose error rate stays below a chosen epsilon.\n\nNot \
-                  implemented yet in this version: it accepts only --help and --version."
+    long_about = "Serve verified models on edge devices: verify signed bundles (signature, \
+                  hashes, format version, golden-input self-test) and answer every input \
+                  with an inductive conformal prediction set whose error rate stays below a \
+                  chosen epsilon.\n\nSettings come from --config (TOML), overridden by \
+                  EDGE_AGENT_* environment variables, overridden by flags."
 )]
-struct Cli {}
+struct Cli {
+    /// Configuration file (TOML; see the edge_agent::config docs for the keys).
+    #[arg(long, global = true, env = "EDGE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!("no agent commands in this version yet; see `edge-agent --help`")
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Answer image files (PNG, JPEG, PPM; any size) with prediction sets.
+    Predict(PredictArgs),
+    /// Check a bundle as loading does (every parity-checked model) and exit 0 if it holds.
+    Verify(ModelArgs),
+    /// Serve predictions over HTTP until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Measure latency, throughput, memory and cold start against Python onnxruntime.
+    Bench(bench::BenchArgs),
+}
+
+/// Which bundle, trusted by which key, run how.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Bundle directory (manifest.json, manifest.sig and the files it lists).
+    #[arg(long, env = "EDGE_AGENT_BUNDLE")]
+    bundle: Option<PathBuf>,
+    /// Trusted ed25519 public key (PEM SubjectPublicKeyInfo, as `exporter keygen` writes).
+    #[arg(long, env = "EDGE_AGENT_KEY")]
+    key: Option<PathBuf>,
+    /// Model file to run: onnx (default) or tflite.
+    #[arg(long, env = "EDGE_AGENT_RUNTIME")]
+    runtime: Option<ModelFormat>,
+    /// Nonconformity measure instead of the bundle's: nearest_centroid, knn40, nn_ratio.
+    #[arg(long, env = "EDGE_AGENT_NCM")]
+    ncm: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Significance level (default: the bundle's icp.epsilon).
+    #[arg(long, env = "EDGE_AGENT_EPSILON")]
+    epsilon: Option<f64>,
+    /// One JSON object per image on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Images per inference call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Image files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (port 0: any free port; the bound address is printed).
+    #[arg(long, env = "EDGE_AGENT_LISTEN")]
+    listen: Option<String>,
+    /// Default significance level (a request may give its own).
+    #[arg(long, env = "EDGE_AGENT_EPSILON")]
+    epsilon: Option<f64>,
+    /// When the assurance output goes high.
+    #[arg(long, value_enum, env = "EDGE_AGENT_ALERT_RULE")]
+    alert_rule: Option<AlertRule>,
+    /// Assurance output: none, memory, or (feature gpio) /dev/gpiochipN:LINE.
+    #[arg(long, env = "EDGE_AGENT_PIN")]
+    pin: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "EDGE_AGENT_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Time limit per request in milliseconds.
+    #[arg(long, env = "EDGE_AGENT_TIMEOUT_MS")]
+    timeout_ms: Option<u64>,
+    /// Requests handled at once (more wait).
+    #[arg(long, env = "EDGE_AGENT_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Most inputs in one batch request.
+    #[arg(long, env = "EDGE_AGENT_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Drift alarm when the conformal test martingale reaches 1/delta.
+    #[arg(long, env = "EDGE_AGENT_DELTA")]
+    delta: Option<f64>,
+    /// Plan every batch size before serving (slower start, no first-batch delay).
+    #[arg(long)]
+    warm_up: bool,
+}
+
+/// Settings after file, environment and flags.
+pub struct Resolved {
+    pub bundle: PathBuf,
+    pub key: PathBuf,
+    pub opts: LoadOptions,
+}
+
+fn resolve(a: &ModelArgs, file: &FileConfig) -> Result<Resolved> {
+    let bundle =
+        a.bundle.clone().or_else(|| file.bundle.clone()).context(
+            "no bundle: give --bundle, EDGE_AGENT_BUNDLE or `bundle` in the config file",
+        )?;
+    let key = a
+        .key
+        .clone()
+        .or_else(|| file.key.clone())
+        .context("no trusted key: give --key, EDGE_AGENT_KEY or `key` in the config file")?;
+    let ncm = match a.ncm.as_ref().or(file.ncm.as_ref()) {
+        Some(s) => Some(parse_ncm(s)?),
+        None => None,
+    };
+    Ok(Resolved {
+        bundle,
+        key,
+        opts: LoadOptions {
+            format: a.runtime.or(file.runtime).unwrap_or(ModelFormat::Onnx),
+            ncm,
+            warm_up: false,
+        },
+    })
+}
+
+/// Reads the key and loads the bundle (every check); errors say what failed.
+pub fn load_model(r: &Resolved) -> Result<LoadedModel> {
+    let key = shared::bundle::keys::read_public(&r.key)?;
+    let m = bundle_loader::load(&r.bundle, &key, &r.opts)?;
+    tracing::info!(
+        model_id = m.model_id(),
+        runtime = m.engine.format().name(),
+        self_test_max_abs_diff = m.self_test.max_abs_diff,
+        load_ms = format!("{:.1}", m.load_ms),
+        "bundle verified and self-tested"
+    );
+    Ok(m)
+}
+
+fn predict(a: &PredictArgs, file: &FileConfig) -> Result<ExitCode> {
+    let r = resolve(&a.model, file)?;
+    let model = load_model(&r)?;
+    let epsilon = a
+        .epsilon
+        .or(file.epsilon)
+        .unwrap_or(model.bundle.manifest.icp.epsilon);
+    if !(0.0..=1.0).contains(&epsilon) {
+        bail!("--epsilon {epsilon} is outside [0, 1]");
+    }
+    let side = model.side();
+    let mut failed = 0usize;
+    for chunk in a.images.chunks(a.batch.max(1)) {
+        let inputs: Vec<(String, Result<Vec<f32>, String>)> = chunk
+            .iter()
+            .map(|p| {
+                let name = p.display().to_string();
+                let x = std::fs::read(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| image_input(&b, &name, side).map_err(|e| e.to_string()));
+                (name, x)
+            })
+            .collect();
+        let valid: Vec<f32> = inputs
+            .iter()
+            .filter_map(|(_, x)| x.as_ref().ok())
+            .flatten()
+            .copied()
+            .collect();
+        let answers = if valid.is_empty() {
+            vec![]
+        } else {
+            pipeline::answer(&model, &valid, epsilon)?.0
+        };
+        let mut answers = answers.into_iter();
+        for (name, x) in inputs {
+            match x {
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(file = %name, error = %e, "cannot read image");
+                    if a.json {
+                        println!("{}", serde_json::json!({ "file": name, "error": e }));
+                    } else {
+                        eprintln!("{name}: error: {e}");
+                    }
+                }
+                Ok(_) => {
+                    let ans = answers.next().context("fewer answers than images")?;
+                    if a.json {
+                        let mut v = serde_json::to_value(&ans)?;
+                        v["file"] = name.into();
+                        v["model_id"] = model.model_id().into();
+                        println!("{v}");
+                    } else {
+                        println!(
+                            "{name}: {{{}}} credibility {:.4} confidence {:.4} (epsilon {epsilon})",
+                            ans.labels.join(", "),
+                            ans.credibility,
+                            ans.confidence
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "{failed} of {} images could not be answered",
+            a.images.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(a: &ModelArgs, file: &FileConfig) -> Result<ExitCode> {
+    let r = resolve(a, file)?;
+    let key = shared::bundle::keys::read_public(&r.key)?;
+    let (b, tests) = bundle_loader::verify(&r.bundle, &key)?;
+    println!(
+        "{}",
+        serde_json::json!({ "ok": true, "model_id": b.manifest.model_id, "manifest_sha256": b.manifest_sha256, "self_test": tests })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pin_line(spec: &str) -> Result<Option<Box<dyn Line>>> {
+    match spec {
+        "none" | "" => Ok(None),
+        "memory" => Ok(Some(Box::new(MemoryPin::new()))),
+        #[cfg(feature = "gpio")]
+        other => {
+            let (chip, line) = other
+                .rsplit_once(':')
+                .context("--pin for GPIO is /dev/gpiochipN:LINE")?;
+            let line: u32 = line.parse().context("--pin: LINE is a number")?;
+            Ok(Some(
+                edge_agent::assurance::gpio_line(chip, line).map_err(anyhow::Error::msg)?,
+            ))
+        }
+        #[cfg(not(feature = "gpio"))]
+        other => bail!("--pin {other:?}: this build has no GPIO support (build with --features gpio), use none or memory"),
+    }
+}
+
+fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode> {
+    let mut r = resolve(&a.model, file)?;
+    r.opts.warm_up = a.warm_up;
+    let model = load_model(&r)?;
+    let epsilon = a
+        .epsilon
+        .or(file.epsilon)
+        .unwrap_or(model.bundle.manifest.icp.epsilon);
+    if !(0.0..=1.0).contains(&epsilon) {
+        bail!("epsilon {epsilon} is outside [0, 1]");
+    }
+    let rule = a.alert_rule.or(file.alert_rule).unwrap_or_default();
+    let pin = a.pin.as_deref().or(file.pin.as_deref()).unwrap_or("none");
+    let assurance = pin_line(pin)?.map(|l| Assurance::new(rule, l));
+    let d = Limits::default();
+    let fl = &file.limits;
+    let limits = Limits {
+        max_body_bytes: a
+            .max_body_bytes
+            .or(fl.max_body_bytes)
+            .unwrap_or(d.max_body_bytes),
+        timeout: a
+            .timeout_ms
+            .or(fl.timeout_ms)
+            .map_or(d.timeout, Duration::from_millis),
+        concurrency: a
+            .concurrency
+            .or(fl.concurrency)
+            .unwrap_or(d.concurrency)
+            .max(1),
+        max_batch: a.max_batch.or(fl.max_batch).unwrap_or(d.max_batch).max(1),
+    };
+    let dv = ValidityConfig::default();
+    let validity = ValidityConfig {
+        delta: a.delta.or(file.validity.delta).unwrap_or(dv.delta),
+        ci_alpha: file.validity.ci_alpha.unwrap_or(dv.ci_alpha),
+        max_pending: file.validity.max_pending.unwrap_or(dv.max_pending),
+        seed: dv.seed,
+    };
+    if !(validity.delta > 0.0 && validity.delta < 1.0) {
+        bail!("delta {} is outside (0, 1)", validity.delta);
+    }
+    let listen = a
+        .listen
+        .clone()
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let state = AppState::new(
+            Arc::new(ModelSlot::new(model)),
+            epsilon,
+            assurance,
+            validity,
+            limits,
+        );
+        // tests and scripts read the bound address from this line
+        println!("listening http://{addr}");
+        tracing::info!(%addr, epsilon, ready_ms = t_start.elapsed().as_secs_f64() * 1e3, "serving");
+        server::serve(listener, state, server::shutdown_signal())
+            .await
+            .context("HTTP server")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let t_start = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let run = || -> Result<ExitCode> {
+        let file = FileConfig::load(cli.config.as_deref())?;
+        match &cli.command {
+            Command::Predict(a) => predict(a, &file),
+            Command::Verify(a) => verify(a, &file),
+            Command::Serve(a) => serve(a, &file, t_start),
+            Command::Bench(a) => bench::run(a, &file, |m| resolve(m, &file)),
+        }
+    };
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

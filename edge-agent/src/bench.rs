@@ -1,0 +1,205 @@
+//! `edge-agent bench`: end-to-end predict latency at batch 1 (decode excluded and
+//! included), throughput at batch 64, RSS while serving and cold start to first answer,
+//! against Python onnxruntime + NumPy ICP (`scripts/py/bench_ort.py`) on the same bundle
+//! in the same run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use edge_agent::bundle_loader::Golden;
+use edge_agent::config::FileConfig;
+use edge_agent::input::image_input;
+use edge_agent::pipeline;
+use edge_agent::stats::percentile;
+use serde_json::json;
+
+use crate::{load_model, ModelArgs, Resolved};
+
+/// Benchmark settings.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print the figures as one JSON object (last line).
+    #[arg(long)]
+    pub json: bool,
+    /// Timed batch-1 calls.
+    #[arg(long, default_value_t = 500)]
+    pub iters: usize,
+    /// Python with onnxruntime and NumPy for the baseline (default: $EDGECP_PYTHON or python3).
+    #[arg(long, env = "EDGECP_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// The baseline script.
+    #[arg(long, default_value = "scripts/py/bench_ort.py")]
+    pub script: PathBuf,
+}
+
+fn ppm(side: usize, px: &[u8]) -> Vec<u8> {
+    let mut v = format!("P6\n{side} {side}\n255\n").into_bytes();
+    v.extend_from_slice(px);
+    v
+}
+
+/// Starts `serve` on loopback, times process start -> first answer, then reads its RSS
+/// after 200 requests.
+fn serve_figures(r: &Resolved, body: &[u8]) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe().context("locating the agent binary")?;
+    let t0 = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--bundle"])
+        .arg(&r.bundle)
+        .arg("--key")
+        .arg(&r.key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting edge-agent serve")?;
+    let result = probe(&mut child, t0, body);
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn probe(child: &mut std::process::Child, t0: Instant, body: &[u8]) -> Result<(f64, f64)> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening http://")
+        .with_context(|| format!("serve did not start: {line:?}"))?
+        .to_string();
+    let post = || -> Result<()> {
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        write!(
+                s,
+                "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/x-portable-pixmap\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+        s.write_all(body)?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        anyhow::ensure!(resp.starts_with("HTTP/1.1 200"), "bad answer: {resp}");
+        Ok(())
+    };
+    post()?;
+    let cold = t0.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..200 {
+        post()?;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .context("reading the server's /proc status")?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok((cold, rss_kb / 1024.0))
+}
+
+pub fn run(
+    a: &BenchArgs,
+    _file: &FileConfig,
+    resolve: impl Fn(&ModelArgs) -> Result<Resolved>,
+) -> Result<ExitCode> {
+    let r = resolve(&a.model)?;
+    let model = load_model(&r)?;
+    model.engine.warm_up()?;
+    let eps = model.bundle.manifest.icp.epsilon;
+    let gpath = model.bundle.path(&model.bundle.manifest.golden.file);
+    let golden = Golden::parse(&std::fs::read(&gpath)?, &gpath.display().to_string())?;
+    let side = golden.side;
+    let per = side * side * 3;
+    let g = golden.labels.len();
+    let x: Vec<f32> = golden.inputs.iter().map(|&v| f32::from(v)).collect();
+    let files: Vec<Vec<u8>> = golden.inputs.chunks(per).map(|p| ppm(side, p)).collect();
+
+    let time_b1 = |decode: bool| -> Result<Vec<f64>> {
+        let mut lat = Vec::with_capacity(a.iters);
+        for i in 0..a.iters + 50 {
+            let k = i % g;
+            let t = Instant::now();
+            let input = if decode {
+                image_input(&files[k], "bench", side)?
+            } else {
+                x[k * per..(k + 1) * per].to_vec()
+            };
+            std::hint::black_box(pipeline::answer(&model, &input, eps)?);
+            if i >= 50 {
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        Ok(lat)
+    };
+    let raw = time_b1(false)?;
+    let dec = time_b1(true)?;
+    let xb: Vec<f32> = x.iter().copied().cycle().take(64 * per).collect();
+    for _ in 0..3 {
+        pipeline::answer(&model, &xb, eps)?;
+    }
+    let n = (a.iters / 10).max(20);
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(pipeline::answer(&model, &xb, eps)?);
+    }
+    let thr = (64 * n) as f64 / t.elapsed().as_secs_f64();
+    let (cold_ms, rss_mb) = serve_figures(&r, &files[0])?;
+
+    let python = a.python.clone().unwrap_or_else(|| PathBuf::from("python3"));
+    let py = Command::new(&python)
+        .arg(&a.script)
+        .arg(&r.bundle)
+        .args(["--iters", &a.iters.to_string()])
+        .output();
+    let baseline: Option<serde_json::Value> = match py {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok()),
+        Ok(o) => {
+            tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr), "the Python baseline failed");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, python = %python.display(), "cannot run the Python baseline");
+            None
+        }
+    };
+    let p50 = percentile(&raw, 0.5);
+    let b = baseline.as_ref();
+    let their_p50 = b.and_then(|v| v["p50_b1_us"].as_f64());
+    let their_thr = b.and_then(|v| v["throughput_b64"].as_f64());
+    let figures = json!({
+        "model_id": model.model_id(),
+        "runtime": model.engine.format().name(),
+        "p50_b1_us": p50,
+        "p99_b1_us": percentile(&raw, 0.99),
+        "p50_b1_decode_us": percentile(&dec, 0.5),
+        "p99_b1_decode_us": percentile(&dec, 0.99),
+        "throughput_b64": thr,
+        "baseline": baseline,
+        "p50_b1_ratio": their_p50.map(|t| t / p50),
+        "throughput_b64_ratio": their_thr.map(|t| thr / t),
+        "rss_mb": rss_mb,
+        "cold_start_ms": cold_ms,
+    });
+    if !a.json {
+        eprintln!(
+            "batch 1: p50 {:.0} us, p99 {:.0} us (decode included: p50 {:.0} us); batch 64: {:.0} images/s; serving RSS {:.1} MB; cold start {:.1} ms",
+            p50,
+            percentile(&raw, 0.99),
+            percentile(&dec, 0.5),
+            thr,
+            rss_mb,
+            cold_ms
+        );
+    }
+    println!("{figures}");
+    Ok(ExitCode::SUCCESS)
+}

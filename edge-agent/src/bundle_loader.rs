@@ -1,0 +1,301 @@
+//! Loading a bundle for serving: nothing in it is used before all of these hold, in order:
+//! the ed25519 signature of the manifest with the trusted key, the format version, every
+//! listed file's size and sha256 and no unlisted file (`shared::bundle::verify`), then a
+//! self-test of the engine on the golden inputs within the manifest's tolerance. Any
+//! failure is a [`LoadError`] that names the file and the check.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ed25519_dalek::VerifyingKey;
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+use shared::bundle::{self, BundleError, VerifiedBundle};
+use shared::icp::NcmKind;
+
+use crate::predictor::{Predictor, PredictorError};
+use crate::runtime::{max_abs_diff, ModelFormat, RuntimeError, TractEngine};
+
+/// Why a bundle was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("bundle refused: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("bundle refused: {}: {what}", path.display())]
+    Read { path: PathBuf, what: String },
+    #[error("bundle refused: the manifest lists no {format} model")]
+    NoModel { format: &'static str },
+    #[error("bundle refused: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("bundle refused: {file}: golden data: {what}")]
+    Golden { file: String, what: String },
+    #[error("bundle refused: self-test failed: {file} differs from the golden outputs by {max_abs_diff:e} (tolerance {tolerance:e})")]
+    SelfTest {
+        file: String,
+        max_abs_diff: f32,
+        tolerance: f32,
+    },
+    #[error("bundle refused: {0}")]
+    Predictor(#[from] PredictorError),
+    #[error("bundle refused: manifest: {0}")]
+    Manifest(String),
+}
+
+/// How to load a bundle.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Which model file to serve.
+    pub format: ModelFormat,
+    /// Nonconformity measure; `None`: the manifest's.
+    pub ncm: Option<NcmKind>,
+    /// Plan every batch size at load (else on first use).
+    pub warm_up: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            format: ModelFormat::Onnx,
+            ncm: None,
+            warm_up: false,
+        }
+    }
+}
+
+/// Golden inputs and the trained network's outputs.
+#[derive(Clone, Debug)]
+pub struct Golden {
+    pub side: usize,
+    pub dim: usize,
+    /// `G x S x S x 3` raw pixels.
+    pub inputs: Vec<u8>,
+    pub expected: Vec<f32>,
+    pub labels: Vec<u16>,
+}
+
+impl Golden {
+    /// Reads `golden.safetensors` (docs/BUNDLE.md).
+    pub fn parse(bytes: &[u8], file: &str) -> Result<Golden, LoadError> {
+        let bad = |what: String| LoadError::Golden {
+            file: file.to_string(),
+            what,
+        };
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let get = |name: &str, dtype: Dtype| {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("no tensor {name:?}")))?;
+            if t.dtype() != dtype {
+                return Err(bad(format!("tensor {name:?} is {:?}", t.dtype())));
+            }
+            Ok((t.shape().to_vec(), t.data()))
+        };
+        let (ishape, inputs) = get("inputs", Dtype::U8)?;
+        let (eshape, expected) = get("expected", Dtype::F32)?;
+        let (lshape, labels) = get("labels", Dtype::U16)?;
+        let (g, side, dim) = match (&ishape[..], &eshape[..]) {
+            ([g, s, s2, 3], [g2, e]) if s == s2 && g == g2 && lshape == [*g] => (*g, *s, *e),
+            _ => {
+                return Err(bad(format!(
+                    "inconsistent shapes {ishape:?} / {eshape:?} / {lshape:?}"
+                )))
+            }
+        };
+        if g == 0 {
+            return Err(bad("no golden inputs".into()));
+        }
+        Ok(Golden {
+            side,
+            dim,
+            inputs: inputs.to_vec(),
+            expected: expected
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            labels: labels
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        })
+    }
+}
+
+/// Outcome of one model's golden-input self-test.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfTest {
+    pub file: String,
+    pub count: usize,
+    pub max_abs_diff: f32,
+    pub tolerance: f32,
+}
+
+/// A verified, self-tested bundle ready to serve.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub bundle: VerifiedBundle,
+    pub engine: TractEngine,
+    pub predictor: Predictor,
+    pub ncm: NcmKind,
+    pub self_test: SelfTest,
+    /// Time from the start of verification to ready, milliseconds.
+    pub load_ms: f64,
+}
+
+impl LoadedModel {
+    pub fn model_id(&self) -> &str {
+        &self.bundle.manifest.model_id
+    }
+
+    pub fn side(&self) -> usize {
+        self.engine.side()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|e| LoadError::Read {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })
+}
+
+fn side_of(b: &VerifiedBundle) -> Result<usize, LoadError> {
+    match b.manifest.input.shape[..] {
+        [_, s, s2, 3] if s == s2 && s > 0 => Ok(s as usize),
+        ref other => Err(LoadError::Manifest(format!(
+            "input.shape {other:?} is not [-1, S, S, 3]"
+        ))),
+    }
+}
+
+/// Runs `engine` on the golden inputs and compares with the expected embeddings.
+pub fn self_test(
+    engine: &TractEngine,
+    golden: &Golden,
+    tolerance: f32,
+) -> Result<SelfTest, LoadError> {
+    if golden.side != engine.side() || golden.dim != engine.embedding_dim() {
+        return Err(LoadError::Golden {
+            file: engine.file().to_string(),
+            what: format!(
+                "golden data is for {}x{} input and {} outputs, the model has {}x{} and {}",
+                golden.side,
+                golden.side,
+                golden.dim,
+                engine.side(),
+                engine.side(),
+                engine.embedding_dim()
+            ),
+        });
+    }
+    let x: Vec<f32> = golden.inputs.iter().map(|&v| f32::from(v)).collect();
+    let y = engine.embed(&x)?;
+    let d = max_abs_diff(&y, &golden.expected);
+    if d.is_nan() || d > tolerance {
+        return Err(LoadError::SelfTest {
+            file: engine.file().to_string(),
+            max_abs_diff: d,
+            tolerance,
+        });
+    }
+    Ok(SelfTest {
+        file: engine.file().to_string(),
+        count: golden.labels.len(),
+        max_abs_diff: d,
+        tolerance,
+    })
+}
+
+fn engine_for(
+    b: &VerifiedBundle,
+    format: ModelFormat,
+    side: usize,
+) -> Result<TractEngine, LoadError> {
+    let entry = b
+        .manifest
+        .models
+        .iter()
+        .find(|m| m.format == format.name() && m.precision == "float32")
+        .ok_or(LoadError::NoModel {
+            format: format.name(),
+        })?;
+    let path = b.path(&entry.file);
+    let bytes = read(&path)?;
+    Ok(TractEngine::new(
+        format,
+        &path.display().to_string(),
+        bytes,
+        side,
+    )?)
+}
+
+fn golden_of(b: &VerifiedBundle) -> Result<Golden, LoadError> {
+    let path = b.path(&b.manifest.golden.file);
+    Golden::parse(&read(&path)?, &path.display().to_string())
+}
+
+/// Verifies, self-tests and prepares the bundle in `dir` for serving.
+pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
+    let t0 = Instant::now();
+    let b = bundle::verify(dir, key)?;
+    let side = side_of(&b)?;
+    let engine = engine_for(&b, opts.format, side)?;
+    let golden = golden_of(&b)?;
+    let self_test = self_test(&engine, &golden, b.manifest.golden.tolerance as f32)?;
+    if opts.warm_up {
+        engine.warm_up()?;
+    }
+    let m = &b.manifest;
+    let ncm = opts.ncm.unwrap_or(m.icp.ncm);
+    let rpath = b.path(&m.reference);
+    let predictor = Predictor::from_reference(
+        &read(&rpath)?,
+        &rpath.display().to_string(),
+        ncm,
+        m.icp.mondrian,
+        m.icp.p_values,
+        m.class_names.clone(),
+        engine.embedding_dim(),
+    )?;
+    Ok(LoadedModel {
+        bundle: b,
+        engine,
+        predictor,
+        ncm,
+        self_test,
+        load_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Every check of [`load`] for every parity-checked model of the bundle (ONNX and TFLite),
+/// without preparing anything to serve.
+pub fn verify(
+    dir: &Path,
+    key: &VerifyingKey,
+) -> Result<(VerifiedBundle, Vec<SelfTest>), LoadError> {
+    let b = bundle::verify(dir, key)?;
+    let side = side_of(&b)?;
+    let golden = golden_of(&b)?;
+    let tolerance = b.manifest.golden.tolerance as f32;
+    let mut reports = vec![];
+    for m in b.manifest.models.iter().filter(|m| m.parity_checked) {
+        // engines for a GPU are checked on that GPU
+        let Some(format) = ModelFormat::parse(&m.format) else {
+            continue;
+        };
+        let path = b.path(&m.file);
+        let engine = TractEngine::new(format, &path.display().to_string(), read(&path)?, side)?;
+        reports.push(self_test(&engine, &golden, tolerance)?);
+    }
+    let rpath = b.path(&b.manifest.reference);
+    Predictor::from_reference(
+        &read(&rpath)?,
+        &rpath.display().to_string(),
+        b.manifest.icp.ncm,
+        b.manifest.icp.mondrian,
+        b.manifest.icp.p_values,
+        b.manifest.class_names.clone(),
+        golden.dim,
+    )?;
+    Ok((b, reports))
+}

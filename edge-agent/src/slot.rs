@@ -1,0 +1,34 @@
+//! The active model behind an atomic pointer swap: requests take a snapshot (`Arc`) and
+//! keep using it to the end even if a new bundle is swapped in meanwhile; the old model is
+//! dropped when its last request finishes. The rollout issue swaps verified bundles here.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::bundle_loader::LoadedModel;
+
+/// Holds the model that answers requests.
+#[derive(Debug)]
+pub struct ModelSlot {
+    active: ArcSwap<LoadedModel>,
+}
+
+impl ModelSlot {
+    pub fn new(model: LoadedModel) -> Self {
+        ModelSlot {
+            active: ArcSwap::from_pointee(model),
+        }
+    }
+
+    /// The model to answer one request with.
+    pub fn current(&self) -> Arc<LoadedModel> {
+        self.active.load_full()
+    }
+
+    /// Makes `model` active; returns the one it replaces. Only verified, self-tested
+    /// models exist as [`LoadedModel`], so nothing unverified can be swapped in.
+    pub fn swap(&self, model: LoadedModel) -> Arc<LoadedModel> {
+        self.active.swap(Arc::new(model))
+    }
+}

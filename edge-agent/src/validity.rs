@@ -1,0 +1,394 @@
+//! Online validity: true labels arrive later (`POST /v1/feedback`, by prediction id) and
+//! two things are tracked per active model.
+//!
+//! 1. The empirical error rate (true label outside the prediction set) with an exact
+//!    Clopper-Pearson interval; `violation` when its lower end is above the mean epsilon.
+//! 2. A conformal test martingale. Each labelled example gets the smoothed conformal
+//!    p-value of its true-label score against the calibration scores plus every earlier
+//!    labelled score (the bag grows as labels arrive), which under exchangeability makes
+//!    the p-values independent and uniform (Vovk, Nouretdinov, Gammerman 2003). The
+//!    martingale is the simple mixture `M_n = mean over k of prod_i k p_i^(k-1)` over a
+//!    grid of k in (0, 1); by Ville's inequality P(sup M_n >= 1/delta) <= delta, so an
+//!    alarm at 1/delta is a false alarm with probability at most delta.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::bundle_loader::LoadedModel;
+use crate::stats::clopper_pearson;
+
+/// Mixture grid of the power martingale's betting exponents k.
+const K_GRID: usize = 20;
+
+/// Settings of the monitor.
+#[derive(Clone, Debug)]
+pub struct ValidityConfig {
+    /// Alarm when the martingale reaches 1/delta.
+    pub delta: f64,
+    /// Confidence level of the error-rate interval is `1 - ci_alpha`.
+    pub ci_alpha: f64,
+    /// Predictions kept waiting for their label (oldest dropped first).
+    pub max_pending: usize,
+    /// Seed of the smoothing taus.
+    pub seed: u64,
+}
+
+impl Default for ValidityConfig {
+    fn default() -> Self {
+        ValidityConfig {
+            delta: 0.01,
+            ci_alpha: 0.05,
+            max_pending: 8192,
+            seed: 0,
+        }
+    }
+}
+
+/// Why feedback was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FeedbackError {
+    #[error("no pending prediction with id {0} (unknown, already labelled, or expired)")]
+    UnknownId(u64),
+    #[error("prediction {id} was made by model {made_by}, the active model is {active}")]
+    OtherModel {
+        id: u64,
+        made_by: String,
+        active: String,
+    },
+    #[error("label {label} is out of range for {n_classes} classes")]
+    Label { label: u16, n_classes: usize },
+    #[error("{0}")]
+    Score(String),
+}
+
+/// A prediction waiting for its true label.
+#[derive(Clone, Debug)]
+struct Pending {
+    embedding: Vec<f32>,
+    set: Vec<u16>,
+    epsilon: f64,
+}
+
+/// The figures at one moment.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ValiditySnapshot {
+    pub model_id: String,
+    pub feedback: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub error_rate_ci_low: f64,
+    pub error_rate_ci_high: f64,
+    pub ci_level: f64,
+    pub mean_epsilon: f64,
+    /// The interval lies above the mean epsilon: the error bound is violated.
+    pub violation: bool,
+    pub martingale: f64,
+    pub log10_martingale: f64,
+    pub alarm_threshold: f64,
+    pub alarm: bool,
+    /// Labelled examples seen when the martingale first crossed 1/delta.
+    pub alarm_after: Option<u64>,
+    pub pending: usize,
+}
+
+struct State {
+    pending: HashMap<u64, Pending>,
+    order: VecDeque<u64>,
+    feedback: u64,
+    errors: u64,
+    epsilon_sum: f64,
+    /// Sorted scores: one bag (pooled) or one per class (Mondrian).
+    bags: Vec<Vec<f64>>,
+    log_m: [f64; K_GRID],
+    rng: ChaCha8Rng,
+    alarm_after: Option<u64>,
+}
+
+/// The online validity monitor of one model.
+pub struct Monitor {
+    model_id: String,
+    mondrian: bool,
+    cfg: ValidityConfig,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("model_id", &self.model_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn k_of(i: usize) -> f64 {
+    (i as f64 + 0.5) / K_GRID as f64
+}
+
+impl Monitor {
+    /// A monitor whose bags start as the model's calibration scores.
+    pub fn for_model(model: &LoadedModel, cfg: ValidityConfig) -> Monitor {
+        let cal = model.predictor.icp().calibration();
+        let mondrian = cal.is_mondrian();
+        let bags = if mondrian {
+            (0..cal.n_classes())
+                .map(|c| cal.scores_for(c).to_vec())
+                .collect()
+        } else {
+            vec![cal.scores_for(0).to_vec()]
+        };
+        Monitor::with_bags(model.model_id(), bags, mondrian, cfg)
+    }
+
+    /// A monitor over given calibration scores (`bags[0]` pooled, else one per class).
+    pub fn with_bags(
+        model_id: &str,
+        mut bags: Vec<Vec<f64>>,
+        mondrian: bool,
+        cfg: ValidityConfig,
+    ) -> Monitor {
+        for b in &mut bags {
+            b.retain(|v| !v.is_nan());
+            b.sort_by(f64::total_cmp);
+        }
+        Monitor {
+            model_id: model_id.to_string(),
+            mondrian,
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                order: VecDeque::new(),
+                feedback: 0,
+                errors: 0,
+                epsilon_sum: 0.0,
+                bags,
+                log_m: [0.0; K_GRID],
+                rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+                alarm_after: None,
+            }),
+            cfg,
+        }
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Remembers a prediction until its label arrives.
+    pub fn record(&self, id: u64, embedding: &[f32], set: &[u16], epsilon: f64) {
+        let mut s = self.lock();
+        while s.order.len() >= self.cfg.max_pending {
+            if let Some(old) = s.order.pop_front() {
+                s.pending.remove(&old);
+            }
+        }
+        s.order.push_back(id);
+        s.pending.insert(
+            id,
+            Pending {
+                embedding: embedding.to_vec(),
+                set: set.to_vec(),
+                epsilon,
+            },
+        );
+    }
+
+    /// The true label of prediction `id`, scored with `model` (the active one).
+    pub fn feedback(
+        &self,
+        id: u64,
+        label: u16,
+        model: &LoadedModel,
+    ) -> Result<ValiditySnapshot, FeedbackError> {
+        if model.model_id() != self.model_id {
+            return Err(FeedbackError::OtherModel {
+                id,
+                made_by: self.model_id.clone(),
+                active: model.model_id().to_string(),
+            });
+        }
+        let n_classes = model.predictor.n_classes();
+        if usize::from(label) >= n_classes {
+            return Err(FeedbackError::Label { label, n_classes });
+        }
+        let p = {
+            let mut s = self.lock();
+            let p = s.pending.remove(&id).ok_or(FeedbackError::UnknownId(id))?;
+            s.order.retain(|&o| o != id);
+            p
+        };
+        let alpha = model
+            .predictor
+            .score(&p.embedding, label)
+            .map_err(|e| FeedbackError::Score(e.to_string()))?;
+        let error = !p.set.contains(&label);
+        Ok(self.observe(alpha, label, error, p.epsilon))
+    }
+
+    /// One labelled example: its true-label score `alpha`, whether the set missed it, and
+    /// the epsilon it was answered at.
+    pub fn observe(&self, alpha: f64, label: u16, error: bool, epsilon: f64) -> ValiditySnapshot {
+        let mut s = self.lock();
+        s.feedback += 1;
+        s.errors += u64::from(error);
+        s.epsilon_sum += epsilon;
+        let bag_i = if self.mondrian { usize::from(label) } else { 0 };
+        let tau: f64 = s.rng.random();
+        let p = {
+            let bag = &s.bags[bag_i.min(s.bags.len() - 1)];
+            let below = bag.partition_point(|&v| v < alpha);
+            let not_above = bag.partition_point(|&v| v <= alpha);
+            let greater = bag.len() - not_above;
+            let equal = not_above - below;
+            (greater as f64 + tau * (equal as f64 + 1.0)) / (bag.len() as f64 + 1.0)
+        };
+        let bi = bag_i.min(s.bags.len() - 1);
+        let bag = &mut s.bags[bi];
+        let at = bag.partition_point(|&v| v < alpha);
+        bag.insert(at, alpha);
+        // p > 0 unless tau == 0 exactly; keep the logarithm finite
+        let lp = p.max(f64::MIN_POSITIVE).ln();
+        for (i, m) in s.log_m.iter_mut().enumerate() {
+            let k = k_of(i);
+            *m += k.ln() + (k - 1.0) * lp;
+        }
+        let log_m = log_mean_exp(&s.log_m);
+        if s.alarm_after.is_none() && log_m >= -self.cfg.delta.ln() {
+            s.alarm_after = Some(s.feedback);
+            tracing::warn!(
+                model_id = %self.model_id,
+                after = s.feedback,
+                martingale = log_m.exp(),
+                threshold = 1.0 / self.cfg.delta,
+                "validity: the conformal test martingale crossed 1/delta: the data no longer look exchangeable with the calibration data (drift)"
+            );
+        }
+        self.snapshot_of(&s)
+    }
+
+    pub fn snapshot(&self) -> ValiditySnapshot {
+        let s = self.lock();
+        self.snapshot_of(&s)
+    }
+
+    fn snapshot_of(&self, s: &State) -> ValiditySnapshot {
+        let (lo, hi) = clopper_pearson(s.errors, s.feedback, self.cfg.ci_alpha);
+        let mean_epsilon = if s.feedback == 0 {
+            0.0
+        } else {
+            s.epsilon_sum / s.feedback as f64
+        };
+        let log_m = log_mean_exp(&s.log_m);
+        ValiditySnapshot {
+            model_id: self.model_id.clone(),
+            feedback: s.feedback,
+            errors: s.errors,
+            error_rate: if s.feedback == 0 {
+                0.0
+            } else {
+                s.errors as f64 / s.feedback as f64
+            },
+            error_rate_ci_low: lo,
+            error_rate_ci_high: hi,
+            ci_level: 1.0 - self.cfg.ci_alpha,
+            mean_epsilon,
+            violation: s.feedback > 0 && lo > mean_epsilon,
+            martingale: log_m.exp(),
+            log10_martingale: log_m / std::f64::consts::LN_10,
+            alarm_threshold: 1.0 / self.cfg.delta,
+            alarm: s.alarm_after.is_some(),
+            alarm_after: s.alarm_after,
+            pending: s.pending.len(),
+        }
+    }
+}
+
+fn log_mean_exp(v: &[f64]) -> f64 {
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let s: f64 = v.iter().map(|x| (x - max).exp()).sum();
+    max + (s / v.len() as f64).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(delta: f64, seed: u64) -> ValidityConfig {
+        ValidityConfig {
+            delta,
+            seed,
+            ..ValidityConfig::default()
+        }
+    }
+
+    /// Runs `steps` labelled examples whose scores come from `draw`; returns when the alarm
+    /// fired (if it did).
+    fn run(seed: u64, delta: f64, steps: usize, shift: f64) -> Option<u64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(1000 + seed);
+        let cal: Vec<f64> = (0..500).map(|_| rng.random::<f64>()).collect();
+        let m = Monitor::with_bags("m", vec![cal], false, cfg(delta, seed));
+        for _ in 0..steps {
+            let a = rng.random::<f64>() + shift;
+            let s = m.observe(a, 0, false, 0.05);
+            if s.alarm {
+                return s.alarm_after;
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn on_exchangeable_streams_the_alarm_rate_stays_below_delta() {
+        let delta = 0.05;
+        let seeds = 400;
+        let alarms = (0..seeds)
+            .filter(|&s| run(s, delta, 2000, 0.0).is_some())
+            .count();
+        let rate = alarms as f64 / seeds as f64;
+        println!("exchangeable: {alarms} alarms in {seeds} streams of 2000 (rate {rate:.4}, delta {delta})");
+        assert!(rate <= delta, "alarm rate {rate} > delta {delta}");
+    }
+
+    #[test]
+    fn on_a_shifted_stream_the_alarm_fires_and_says_when() {
+        // scores shifted up by 0.3 of their range: the test inputs look stranger than
+        // the calibration inputs (e.g. darkened or rotated images)
+        let mut needed = vec![];
+        for seed in 0..20 {
+            let at = run(seed, 0.01, 5000, 0.3);
+            assert!(at.is_some(), "seed {seed}: no alarm on a shifted stream");
+            needed.extend(at);
+        }
+        needed.sort();
+        println!(
+            "shifted by 0.3: alarm after {} (median) / {} (max) labelled examples, delta 0.01",
+            needed[needed.len() / 2],
+            needed[needed.len() - 1]
+        );
+        assert!(needed[needed.len() - 1] < 500);
+    }
+
+    #[test]
+    fn the_error_rate_carries_an_exact_interval() {
+        let m = Monitor::with_bags("m", vec![vec![0.5]], false, cfg(0.01, 0));
+        for i in 0..100 {
+            m.observe(0.5, 0, i % 20 == 0, 0.05);
+        }
+        let s = m.snapshot();
+        assert_eq!((s.feedback, s.errors), (100, 5));
+        assert!((s.error_rate_ci_low - 0.01643187).abs() < 1e-6);
+        assert!(!s.violation);
+    }
+}

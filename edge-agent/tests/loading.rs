@@ -1,0 +1,191 @@
+//! Loading through the library: a good bundle loads with both runtimes and answers; every
+//! tampered bundle is refused with an error that names what failed; the assurance output
+//! follows a known sequence of answers.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use edge_agent::assurance::{AlertRule, Assurance, MemoryPin};
+use edge_agent::bundle_loader::{self, LoadError, LoadOptions};
+use edge_agent::predictor::Predictor;
+use edge_agent::runtime::ModelFormat;
+use shared::bundle::{self, keys, BundleError};
+use shared::icp::{NcmKind, PValueMode};
+
+fn load(
+    dir: &Path,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<bundle_loader::LoadedModel, LoadError> {
+    bundle_loader::load(dir, key, &LoadOptions::default())
+}
+
+#[test]
+fn a_good_bundle_loads_with_onnx_and_tflite_and_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, key) = built_bundle(root.path());
+    let vk = key.verifying_key();
+    let m = load(&dir, &vk).unwrap();
+    assert!(m.self_test.max_abs_diff <= 1e-4, "{:?}", m.self_test);
+    assert_eq!(m.self_test.count, 16);
+    assert_eq!(m.predictor.n_classes(), 43);
+    let opts = LoadOptions {
+        format: ModelFormat::Tflite,
+        ..LoadOptions::default()
+    };
+    let t = bundle_loader::load(&dir, &vk, &opts).unwrap();
+    assert!(t.self_test.file.ends_with("model.tflite"));
+    // both engines give the same embeddings on 37 images (the ONNX one over several plans)
+    let x: Vec<f32> = (0..37 * 32 * 32 * 3).map(|i| (i % 256) as f32).collect();
+    let a = m.engine.embed(&x).unwrap();
+    let b = t.engine.embed(&x).unwrap();
+    assert_eq!(a.len(), 37 * 32);
+    assert!(edge_agent::runtime::max_abs_diff(&a, &b) < 1e-4);
+    let (answers, _) = edge_agent::pipeline::answer(&m, &x, 0.05).unwrap();
+    assert_eq!(answers.len(), 37);
+    for a in &answers {
+        assert_eq!(a.p_values.len(), 43);
+        assert!(a.credibility <= 1.0 && a.confidence <= 1.0);
+        assert_eq!(a.set.len(), a.labels.len());
+    }
+    let (_, tests) = bundle_loader::verify(&dir, &vk).unwrap();
+    assert_eq!(tests.len(), 2);
+}
+
+#[test]
+fn every_tampered_bundle_is_refused_and_the_error_names_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, key) = built_bundle(root.path());
+    let vk = key.verifying_key();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 6, "{names:?}");
+    for name in &names {
+        // a flipped bit at the start, the middle and the end of every file
+        let original = std::fs::read(dir.join(name)).unwrap();
+        for pos in [0, original.len() / 2, original.len() - 1] {
+            let bad = root.path().join(format!("flip-{name}-{pos}"));
+            copy_dir(&dir, &bad);
+            let mut b = original.clone();
+            b[pos] ^= 0x01;
+            std::fs::write(bad.join(name), &b).unwrap();
+            let err = load(&bad, &vk).unwrap_err();
+            let msg = err.to_string();
+            let named = if name.starts_with("manifest") {
+                msg.contains("manifest.sig") || msg.contains("manifest.json")
+            } else {
+                msg.contains(name.as_str())
+            };
+            assert!(named, "{name} byte {pos}: {msg}");
+        }
+        // missing file
+        let gone = root.path().join(format!("missing-{name}"));
+        copy_dir(&dir, &gone);
+        std::fs::remove_file(gone.join(name)).unwrap();
+        let msg = load(&gone, &vk).unwrap_err().to_string();
+        assert!(msg.contains(name.as_str()), "missing {name}: {msg}");
+    }
+    // wrong key
+    let other = keys::generate().unwrap().verifying_key();
+    assert!(matches!(
+        load(&dir, &other).unwrap_err(),
+        LoadError::Bundle(BundleError::BadSignature { .. })
+    ));
+    // an extra file
+    let extra = root.path().join("extra");
+    copy_dir(&dir, &extra);
+    std::fs::write(extra.join("payload.sh"), b"#!/bin/sh\n").unwrap();
+    let msg = load(&extra, &vk).unwrap_err().to_string();
+    assert!(msg.contains("payload.sh"), "{msg}");
+    // bad manifest JSON, even signed by the trusted key
+    let badjson = root.path().join("badjson");
+    copy_dir(&dir, &badjson);
+    let text = b"{\"format\": \"edgecp-bundle\", \"format_version\": 1, ".to_vec();
+    std::fs::write(badjson.join("manifest.json"), &text).unwrap();
+    std::fs::write(badjson.join("manifest.sig"), keys::sign(&key, &text)).unwrap();
+    let msg = load(&badjson, &vk).unwrap_err().to_string();
+    assert!(
+        msg.contains("manifest.json") && msg.contains("not JSON"),
+        "{msg}"
+    );
+    // an unknown format version, signed
+    let v2 = root.path().join("v2");
+    copy_dir(&dir, &v2);
+    let mut m = bundle::read_unverified(&dir).unwrap();
+    m.format_version = 2;
+    bundle::write_signed(&v2, &m, &key).unwrap();
+    let msg = load(&v2, &vk).unwrap_err().to_string();
+    assert!(msg.contains("version 2"), "{msg}");
+}
+
+#[test]
+fn a_signed_bundle_whose_model_misses_its_golden_outputs_fails_the_self_test() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, key) = built_bundle(root.path());
+    let gpath = dir.join("golden.safetensors");
+    let mut g =
+        exporter::golden::Golden::from_safetensors(&std::fs::read(&gpath).unwrap(), "g").unwrap();
+    g.expected[5] += 0.01;
+    std::fs::write(&gpath, g.to_safetensors().unwrap()).unwrap();
+    let mut m = bundle::read_unverified(&dir).unwrap();
+    for f in &mut m.files {
+        *f = bundle::file_entry(&dir, &f.name, &f.role).unwrap();
+    }
+    bundle::write_signed(&dir, &m, &key).unwrap();
+    let err = load(&dir, &key.verifying_key()).unwrap_err();
+    assert!(matches!(err, LoadError::SelfTest { .. }), "{err}");
+    assert!(err.to_string().contains("model.onnx"), "{err}");
+}
+
+#[test]
+fn the_assurance_line_follows_singletons_pairs_and_empty_sets() {
+    let p = Predictor::from_reference(
+        &reference_bytes(3),
+        "reference.safetensors",
+        NcmKind::NearestCentroid,
+        false,
+        PValueMode::Standard,
+        shared::data::gtsrb_class_names(),
+        DIM,
+    )
+    .unwrap();
+    let c = centroids(3);
+    let row = |k: usize| c[k * DIM..(k + 1) * DIM].to_vec();
+    let mid: Vec<f32> = row(4)
+        .iter()
+        .zip(row(9))
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    // centroid 4 -> {4}; half way between 4 and 9 -> {4, 9} at 0.05, {} at 0.2
+    let cases: [(Vec<f32>, f64, Vec<u16>); 5] = [
+        (row(4), 0.05, vec![4]),
+        (mid.clone(), 0.05, vec![4, 9]),
+        (row(9), 0.05, vec![9]),
+        (mid, 0.2, vec![]),
+        (row(0), 0.2, vec![0]),
+    ];
+    let pin = MemoryPin::new();
+    let a = Assurance::new(AlertRule::NotSingleton, Box::new(pin.clone()));
+    for (x, eps, want) in &cases {
+        let ans = p.answer(x, *eps).unwrap();
+        assert_eq!(&ans[0].set, want, "epsilon {eps}");
+        a.update([ans[0].set.len()]);
+    }
+    assert_eq!(pin.states(), [false, true, false, true, false]);
+}
+
+/// Writes a bundle and its key for `edge-agent bench` by hand:
+/// `EDGE_AGENT_BUNDLE_OUT=/tmp/b cargo test -p edge-agent --test loading -- --ignored`.
+#[test]
+#[ignore = "writes a bundle for manual benchmarking"]
+fn write_a_bundle_for_benchmarks() {
+    let Some(out) = std::env::var_os("EDGE_AGENT_BUNDLE_OUT") else {
+        return;
+    };
+    let (dir, key, _) = built_bundle(Path::new(&out));
+    println!("bundle {} key {}", dir.display(), key.display());
+}
