@@ -34,7 +34,7 @@ pub fn image_input(bytes: &[u8], name: &str, side: usize) -> Result<Vec<f32>, In
 /// Checks a raw NHWC tensor of one or more images; returns the number of images.
 pub fn check_tensor(values: &[f32], side: usize) -> Result<usize, InputError> {
     let per = side * side * 3;
-    if values.is_empty() || values.len() % per != 0 {
+    if values.is_empty() || !values.len().is_multiple_of(per) {
         return Err(InputError::TensorSize {
             got: values.len(),
             per,

@@ -188,7 +188,7 @@ impl TractEngine {
     /// Embeddings (`n x E`, row-major) of `input`: `n` NHWC images of raw pixel values.
     pub fn embed(&self, input: &[f32]) -> Result<Vec<f32>, RuntimeError> {
         let per = self.side * self.side * 3;
-        if input.is_empty() || input.len() % per != 0 {
+        if input.is_empty() || !input.len().is_multiple_of(per) {
             return Err(RuntimeError::InputSize {
                 got: input.len(),
                 side: self.side,
