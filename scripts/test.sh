@@ -52,3 +52,11 @@ cargo build --workspace --bins
 
 step "cargo test"
 cargo test --workspace --no-fail-fast "$@"
+
+# The agent's `ort` feature loads onnxruntime at run time: the test venv's wheel carries
+# the shared library, so the feature's tests run here on CPU.
+step "edge-agent with the ort feature (onnxruntime from the test venv)"
+ORT_DYLIB_PATH=$("$EDGECP_PYTHON" -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
+export ORT_DYLIB_PATH
+cargo clippy -p edge-agent --all-targets --features ort -- -D warnings
+cargo test -p edge-agent --features ort --no-fail-fast "$@"

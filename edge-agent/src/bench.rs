@@ -50,7 +50,9 @@ fn serve_figures(r: &Resolved, body: &[u8]) -> Result<(f64, f64)> {
     let exe = std::env::current_exe().context("locating the agent binary")?;
     let t0 = Instant::now();
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--bundle"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--runtime"])
+        .arg(r.opts.runtime.name())
+        .arg("--bundle")
         .arg(&r.bundle)
         .arg("--key")
         .arg(&r.key)
@@ -177,7 +179,7 @@ pub fn run(
     let their_thr = b.and_then(|v| v["throughput_b64"].as_f64());
     let figures = json!({
         "model_id": model.model_id(),
-        "runtime": model.engine.format().name(),
+        "runtime": model.engine.runtime().name(),
         "p50_b1_us": p50,
         "p99_b1_us": percentile(&raw, 0.99),
         "p50_b1_decode_us": percentile(&dec, 0.5),

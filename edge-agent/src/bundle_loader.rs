@@ -14,7 +14,7 @@ use shared::bundle::{self, BundleError, VerifiedBundle};
 use shared::icp::NcmKind;
 
 use crate::predictor::{Predictor, PredictorError};
-use crate::runtime::{max_abs_diff, ModelFormat, RuntimeError, TractEngine};
+use crate::runtime::{max_abs_diff, Engine, ModelFormat, Runtime, RuntimeError};
 
 /// Why a bundle was refused.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +29,10 @@ pub enum LoadError {
     Runtime(#[from] RuntimeError),
     #[error("bundle refused: {file}: golden data: {what}")]
     Golden { file: String, what: String },
-    #[error("bundle refused: self-test failed: {file} differs from the golden outputs by {max_abs_diff:e} (tolerance {tolerance:e})")]
+    #[error("bundle refused: self-test failed: {file} through the {runtime} runtime differs from the golden outputs by {max_abs_diff:e} (tolerance {tolerance:e})")]
     SelfTest {
         file: String,
+        runtime: &'static str,
         max_abs_diff: f32,
         tolerance: f32,
     },
@@ -44,8 +45,8 @@ pub enum LoadError {
 /// How to load a bundle.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Which model file to serve.
-    pub format: ModelFormat,
+    /// Which engine serves (and so which model file).
+    pub runtime: Runtime,
     /// Nonconformity measure; `None`: the manifest's.
     pub ncm: Option<NcmKind>,
     /// Plan every batch size at load (else on first use).
@@ -55,7 +56,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            format: ModelFormat::Onnx,
+            runtime: Runtime::Native,
             ncm: None,
             warm_up: false,
         }
@@ -125,6 +126,8 @@ impl Golden {
 #[derive(Clone, Debug, Serialize)]
 pub struct SelfTest {
     pub file: String,
+    /// The engine that ran it (`native`, `tract`, `tflite`, `ort`).
+    pub runtime: String,
     pub count: usize,
     pub max_abs_diff: f32,
     pub tolerance: f32,
@@ -134,7 +137,7 @@ pub struct SelfTest {
 #[derive(Debug)]
 pub struct LoadedModel {
     pub bundle: VerifiedBundle,
-    pub engine: TractEngine,
+    pub engine: Engine,
     pub predictor: Predictor,
     pub ncm: NcmKind,
     pub self_test: SelfTest,
@@ -169,11 +172,7 @@ fn side_of(b: &VerifiedBundle) -> Result<usize, LoadError> {
 }
 
 /// Runs `engine` on the golden inputs and compares with the expected embeddings.
-pub fn self_test(
-    engine: &TractEngine,
-    golden: &Golden,
-    tolerance: f32,
-) -> Result<SelfTest, LoadError> {
+pub fn self_test(engine: &Engine, golden: &Golden, tolerance: f32) -> Result<SelfTest, LoadError> {
     if golden.side != engine.side() || golden.dim != engine.embedding_dim() {
         return Err(LoadError::Golden {
             file: engine.file().to_string(),
@@ -194,23 +193,22 @@ pub fn self_test(
     if d.is_nan() || d > tolerance {
         return Err(LoadError::SelfTest {
             file: engine.file().to_string(),
+            runtime: engine.runtime().name(),
             max_abs_diff: d,
             tolerance,
         });
     }
     Ok(SelfTest {
         file: engine.file().to_string(),
+        runtime: engine.runtime().name().to_string(),
         count: golden.labels.len(),
         max_abs_diff: d,
         tolerance,
     })
 }
 
-fn engine_for(
-    b: &VerifiedBundle,
-    format: ModelFormat,
-    side: usize,
-) -> Result<TractEngine, LoadError> {
+fn engine_for(b: &VerifiedBundle, runtime: Runtime, side: usize) -> Result<Engine, LoadError> {
+    let format = runtime.format();
     let entry = b
         .manifest
         .models
@@ -221,8 +219,8 @@ fn engine_for(
         })?;
     let path = b.path(&entry.file);
     let bytes = read(&path)?;
-    Ok(TractEngine::new(
-        format,
+    Ok(Engine::new(
+        runtime,
         &path.display().to_string(),
         bytes,
         side,
@@ -239,7 +237,7 @@ pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<Loaded
     let t0 = Instant::now();
     let b = bundle::verify(dir, key)?;
     let side = side_of(&b)?;
-    let engine = engine_for(&b, opts.format, side)?;
+    let engine = engine_for(&b, opts.runtime, side)?;
     let golden = golden_of(&b)?;
     let self_test = self_test(&engine, &golden, b.manifest.golden.tolerance as f32)?;
     if opts.warm_up {
@@ -267,8 +265,9 @@ pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<Loaded
     })
 }
 
-/// Every check of [`load`] for every parity-checked model of the bundle (ONNX and TFLite),
-/// without preparing anything to serve.
+/// Every check of [`load`] for every parity-checked model of the bundle, without preparing
+/// anything to serve: the ONNX file through the native engine and through tract (and
+/// onnxruntime when built with `ort`), the TFLite file through tract-tflite.
 pub fn verify(
     dir: &Path,
     key: &VerifyingKey,
@@ -280,12 +279,22 @@ pub fn verify(
     let mut reports = vec![];
     for m in b.manifest.models.iter().filter(|m| m.parity_checked) {
         // engines for a GPU are checked on that GPU
-        let Some(format) = ModelFormat::parse(&m.format) else {
-            continue;
+        let runtimes: &[Runtime] = match ModelFormat::parse(&m.format) {
+            Some(ModelFormat::Onnx) => &[
+                Runtime::Native,
+                Runtime::Tract,
+                #[cfg(feature = "ort")]
+                Runtime::Ort,
+            ],
+            Some(ModelFormat::Tflite) => &[Runtime::Tflite],
+            None => continue,
         };
         let path = b.path(&m.file);
-        let engine = TractEngine::new(format, &path.display().to_string(), read(&path)?, side)?;
-        reports.push(self_test(&engine, &golden, tolerance)?);
+        let bytes = read(&path)?;
+        for &rt in runtimes {
+            let engine = Engine::new(rt, &path.display().to_string(), bytes.clone(), side)?;
+            reports.push(self_test(&engine, &golden, tolerance)?);
+        }
     }
     let rpath = b.path(&b.manifest.reference);
     Predictor::from_reference(

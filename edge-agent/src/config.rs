@@ -4,7 +4,7 @@
 //! ```toml
 //! bundle = "/var/lib/edgecp/bundles/current"
 //! key = "/etc/edgecp/fleet.pub"
-//! runtime = "onnx"          # or "tflite"
+//! runtime = "native"        # or "tract", "tflite", "ort" (feature)
 //! epsilon = 0.05            # default: the bundle's icp.epsilon
 //! listen = "127.0.0.1:8080"
 //! alert_rule = "not_singleton"
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::assurance::AlertRule;
-use crate::runtime::ModelFormat;
+use crate::runtime::Runtime;
 
 /// Why the configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub struct ValiditySection {
 pub struct FileConfig {
     pub bundle: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    pub runtime: Option<ModelFormat>,
+    pub runtime: Option<Runtime>,
     pub ncm: Option<String>,
     pub epsilon: Option<f64>,
     pub listen: Option<String>,
@@ -99,7 +99,7 @@ mod tests {
             "bundle = \"b\"\nkey = \"k\"\nruntime = \"tflite\"\nepsilon = 0.1\nalert_rule = \"empty\"\n[limits]\nconcurrency = 4\n[validity]\ndelta = 0.05\n",
         )
         .unwrap();
-        assert_eq!(c.runtime, Some(ModelFormat::Tflite));
+        assert_eq!(c.runtime, Some(Runtime::Tflite));
         assert_eq!(c.alert_rule, Some(AlertRule::Empty));
         assert_eq!(c.limits.concurrency, Some(4));
         assert_eq!(c.validity.delta, Some(0.05));

@@ -8,6 +8,8 @@ pub mod bundle_loader;
 pub mod config;
 pub mod input;
 pub mod metrics;
+#[cfg(feature = "ort")]
+pub mod ort_engine;
 pub mod pipeline;
 pub mod predictor;
 pub mod runtime;

@@ -14,7 +14,7 @@ use edge_agent::config::FileConfig;
 use edge_agent::input::image_input;
 use edge_agent::pipeline;
 use edge_agent::predictor::parse_ncm;
-use edge_agent::runtime::ModelFormat;
+use edge_agent::runtime::Runtime;
 use edge_agent::server::{self, AppState, Limits};
 use edge_agent::slot::ModelSlot;
 use edge_agent::validity::ValidityConfig;
@@ -61,9 +61,11 @@ pub struct ModelArgs {
     /// Trusted ed25519 public key (PEM SubjectPublicKeyInfo, as `exporter keygen` writes).
     #[arg(long, env = "EDGE_AGENT_KEY")]
     key: Option<PathBuf>,
-    /// Model file to run: onnx (default) or tflite.
+    /// Engine: native (default: the ONNX file through the agent's own engine), tract (the
+    /// ONNX file through tract), tflite (the TFLite file through tract), ort (the ONNX file
+    /// through onnxruntime; needs the `ort` build feature and libonnxruntime).
     #[arg(long, env = "EDGE_AGENT_RUNTIME")]
-    runtime: Option<ModelFormat>,
+    runtime: Option<Runtime>,
     /// Nonconformity measure instead of the bundle's: nearest_centroid, knn40, nn_ratio.
     #[arg(long, env = "EDGE_AGENT_NCM")]
     ncm: Option<String>,
@@ -148,7 +150,7 @@ fn resolve(a: &ModelArgs, file: &FileConfig) -> Result<Resolved> {
         bundle,
         key,
         opts: LoadOptions {
-            format: a.runtime.or(file.runtime).unwrap_or(ModelFormat::Onnx),
+            runtime: a.runtime.or(file.runtime).unwrap_or(Runtime::Native),
             ncm,
             warm_up: false,
         },
@@ -161,7 +163,7 @@ pub fn load_model(r: &Resolved) -> Result<LoadedModel> {
     let m = bundle_loader::load(&r.bundle, &key, &r.opts)?;
     tracing::info!(
         model_id = m.model_id(),
-        runtime = m.engine.format().name(),
+        runtime = m.engine.runtime().name(),
         self_test_max_abs_diff = m.self_test.max_abs_diff,
         load_ms = format!("{:.1}", m.load_ms),
         "bundle verified and self-tested"

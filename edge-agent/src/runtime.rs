@@ -1,9 +1,18 @@
-//! Inference engines over the bundle's model files. tract runs ONNX (the default) and
-//! TFLite; both take NHWC f32 raw pixels and return `[batch, E]` embeddings.
+//! Inference engines over the bundle's model files; all take NHWC f32 raw pixels and return
+//! `[batch, E]` embeddings.
 //!
-//! ONNX plans are concretised per batch size (tract optimises a concrete shape better than a
-//! symbolic one) and built lazily, so cold start pays for the batch-1 plan only. A call with
-//! `n` images is split greedily over the plan sizes, so no call pads.
+//! - `native` (the default): the ONNX file through our own engine ([`infer`]): Winograd
+//!   convolutions written for this network, 1.5-1.9x onnxruntime's speed on 2 cores (see
+//!   the README's "Edge agent" figures). It runs the chains the exporter writes and refuses
+//!   other graphs by node.
+//! - `tract`: the ONNX file through tract-onnx, a general runtime (any graph it supports).
+//! - `tflite`: the TFLite file through tract-tflite.
+//! - `ort` (cargo feature `ort`): the ONNX file through onnxruntime's shared library,
+//!   loaded at run time, with the CUDA/TensorRT execution providers where present.
+//!
+//! tract's ONNX plans are concretised per batch size (tract optimises a concrete shape
+//! better than a symbolic one) and built lazily, so cold start pays for the batch-1 plan
+//! only. A call with `n` images is split greedily over the plan sizes, so no call pads.
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,6 +20,58 @@ use tract_onnx::prelude::*;
 
 /// Batch sizes the ONNX engine plans for (largest first is how calls are split).
 pub const PLAN_BATCHES: [usize; 4] = [1, 4, 16, 64];
+
+/// Which engine runs the bundle's model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// The ONNX file through [`infer`] (the default).
+    Native,
+    /// The ONNX file through tract-onnx (`onnx` is accepted as an older name).
+    #[serde(alias = "onnx")]
+    Tract,
+    /// The TFLite file through tract-tflite.
+    Tflite,
+    /// The ONNX file through onnxruntime (cargo feature `ort`).
+    Ort,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Native => "native",
+            Runtime::Tract => "tract",
+            Runtime::Tflite => "tflite",
+            Runtime::Ort => "ort",
+        }
+    }
+
+    /// The model file it runs.
+    pub fn format(self) -> ModelFormat {
+        match self {
+            Runtime::Tflite => ModelFormat::Tflite,
+            _ => ModelFormat::Onnx,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Runtime> {
+        match s {
+            "native" => Some(Runtime::Native),
+            "tract" | "onnx" => Some(Runtime::Tract),
+            "tflite" => Some(Runtime::Tflite),
+            "ort" | "onnxruntime" => Some(Runtime::Ort),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Runtime::parse(s)
+            .ok_or_else(|| format!("unknown runtime {s:?} (native, tract, tflite or ort)"))
+    }
+}
 
 /// Which model file of the bundle an engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,17 +99,10 @@ impl ModelFormat {
     }
 }
 
-impl std::str::FromStr for ModelFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        ModelFormat::parse(s).ok_or_else(|| format!("unknown runtime {s:?} (onnx or tflite)"))
-    }
-}
-
 /// Why an engine could not be built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("{file}: tract cannot load or plan the model: {what}")]
+    #[error("{file}: cannot load or plan the model: {what}")]
     Load { file: String, what: String },
     #[error("{file}: the model gives output shape {shape:?}, expected [{batch}, E]")]
     OutputShape {
@@ -60,6 +114,141 @@ pub enum RuntimeError {
     InputSize { got: usize, side: usize },
     #[error("{file}: inference failed: {what}")]
     Run { file: String, what: String },
+    #[error("{0}")]
+    Native(#[from] infer::EngineError),
+    #[error("{source} (a general runtime runs it: --runtime tract)")]
+    NativeUnsupported { source: infer::EngineError },
+    #[error("the {runtime} runtime is not in this build: rebuild edge-agent with `--features {runtime}`")]
+    NotBuilt { runtime: &'static str },
+    #[error("{file}: onnxruntime: {what}")]
+    Ort { file: String, what: String },
+}
+
+/// An engine for one model file.
+#[derive(Debug)]
+pub enum Engine {
+    Native(NativeEngine),
+    Tract(TractEngine),
+    #[cfg(feature = "ort")]
+    Ort(crate::ort_engine::OrtEngine),
+}
+
+impl Engine {
+    /// Loads `bytes` (the model file `file`, for errors) for `[*, side, side, 3]` input
+    /// with `runtime`.
+    pub fn new(
+        runtime: Runtime,
+        file: &str,
+        bytes: Vec<u8>,
+        side: usize,
+    ) -> Result<Engine, RuntimeError> {
+        match runtime {
+            Runtime::Native => Ok(Engine::Native(NativeEngine::new(file, &bytes, side)?)),
+            Runtime::Tract | Runtime::Tflite => Ok(Engine::Tract(TractEngine::new(
+                runtime.format(),
+                file,
+                bytes,
+                side,
+            )?)),
+            #[cfg(feature = "ort")]
+            Runtime::Ort => Ok(Engine::Ort(crate::ort_engine::OrtEngine::new(
+                file, &bytes, side,
+            )?)),
+            #[cfg(not(feature = "ort"))]
+            Runtime::Ort => Err(RuntimeError::NotBuilt { runtime: "ort" }),
+        }
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        match self {
+            Engine::Native(_) => Runtime::Native,
+            Engine::Tract(t) if t.format() == ModelFormat::Tflite => Runtime::Tflite,
+            Engine::Tract(_) => Runtime::Tract,
+            #[cfg(feature = "ort")]
+            Engine::Ort(_) => Runtime::Ort,
+        }
+    }
+
+    pub fn file(&self) -> &str {
+        match self {
+            Engine::Native(e) => &e.file,
+            Engine::Tract(e) => e.file(),
+            #[cfg(feature = "ort")]
+            Engine::Ort(e) => e.file(),
+        }
+    }
+
+    pub fn side(&self) -> usize {
+        match self {
+            Engine::Native(e) => e.side,
+            Engine::Tract(e) => e.side(),
+            #[cfg(feature = "ort")]
+            Engine::Ort(e) => e.side(),
+        }
+    }
+
+    pub fn embedding_dim(&self) -> usize {
+        match self {
+            Engine::Native(e) => e.engine.embedding_dim(),
+            Engine::Tract(e) => e.embedding_dim(),
+            #[cfg(feature = "ort")]
+            Engine::Ort(e) => e.embedding_dim(),
+        }
+    }
+
+    /// Prepares every batch size now (tract plans them lazily).
+    pub fn warm_up(&self) -> Result<(), RuntimeError> {
+        match self {
+            Engine::Tract(e) => e.warm_up(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Embeddings (`n x E`, row-major) of `input`: `n` NHWC images of raw pixel values.
+    pub fn embed(&self, input: &[f32]) -> Result<Vec<f32>, RuntimeError> {
+        match self {
+            Engine::Native(e) => Ok(e.engine.embed(input)?),
+            Engine::Tract(e) => e.embed(input),
+            #[cfg(feature = "ort")]
+            Engine::Ort(e) => e.embed(input),
+        }
+    }
+}
+
+/// [`infer::Engine`] with the bundle's input side checked.
+#[derive(Debug)]
+pub struct NativeEngine {
+    engine: infer::Engine,
+    file: String,
+    side: usize,
+}
+
+impl NativeEngine {
+    fn new(file: &str, bytes: &[u8], side: usize) -> Result<NativeEngine, RuntimeError> {
+        let engine = match infer::Engine::from_onnx(bytes, file, infer::Options::default()) {
+            Err(source @ infer::EngineError::Unsupported { .. }) => {
+                return Err(RuntimeError::NativeUnsupported { source })
+            }
+            other => other?,
+        };
+        let (h, w, c) = engine.input_dims();
+        if (h, w, c) != (side, side, 3) {
+            return Err(RuntimeError::Load {
+                file: file.to_string(),
+                what: format!(
+                    "the model takes {h}x{w}x{c} input, the manifest says {side}x{side}x3"
+                ),
+            });
+        }
+        for line in engine.describe() {
+            tracing::debug!(file, "native engine: {line}");
+        }
+        Ok(NativeEngine {
+            engine,
+            file: file.to_string(),
+            side,
+        })
+    }
 }
 
 type Plan = Arc<TypedRunnableModel>;

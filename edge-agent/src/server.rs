@@ -326,7 +326,7 @@ async fn model_info(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         "model_id": man.model_id,
         "run_id": man.run_id,
         "manifest_sha256": m.bundle.manifest_sha256,
-        "runtime": m.engine.format().name(),
+        "runtime": m.engine.runtime().name(),
         "model_file": m.engine.file(),
         "input": man.input,
         "output": man.output,
@@ -411,7 +411,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     out.push_str(&format!(
         "# HELP edge_agent_model_info The active model.\n# TYPE edge_agent_model_info gauge\nedge_agent_model_info{{model_id=\"{}\",runtime=\"{}\"}} 1\n",
         m.model_id(),
-        m.engine.format().name()
+        m.engine.runtime().name()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -10,7 +10,7 @@ use common::*;
 use edge_agent::assurance::{AlertRule, Assurance, MemoryPin};
 use edge_agent::bundle_loader::{self, LoadError, LoadOptions};
 use edge_agent::predictor::Predictor;
-use edge_agent::runtime::ModelFormat;
+use edge_agent::runtime::Runtime;
 use shared::bundle::{self, keys, BundleError};
 use shared::icp::{NcmKind, PValueMode};
 
@@ -22,7 +22,7 @@ fn load(
 }
 
 #[test]
-fn a_good_bundle_loads_with_onnx_and_tflite_and_answers() {
+fn a_good_bundle_loads_with_every_runtime_and_answers() {
     let root = tempfile::tempdir().unwrap();
     let (dir, _, key) = built_bundle(root.path());
     let vk = key.verifying_key();
@@ -30,18 +30,32 @@ fn a_good_bundle_loads_with_onnx_and_tflite_and_answers() {
     assert!(m.self_test.max_abs_diff <= 1e-4, "{:?}", m.self_test);
     assert_eq!(m.self_test.count, 16);
     assert_eq!(m.predictor.n_classes(), 43);
-    let opts = LoadOptions {
-        format: ModelFormat::Tflite,
-        ..LoadOptions::default()
-    };
-    let t = bundle_loader::load(&dir, &vk, &opts).unwrap();
-    assert!(t.self_test.file.ends_with("model.tflite"));
-    // both engines give the same embeddings on 37 images (the ONNX one over several plans)
+    // the default is the native engine on the ONNX file
+    assert_eq!(m.engine.runtime(), Runtime::Native);
+    assert_eq!(m.self_test.runtime, "native");
+    assert!(m.self_test.file.ends_with("model.onnx"));
+    // every engine gives the same embeddings on 37 images (tract's ONNX one over several
+    // plans, the native one over both of its parallel modes)
     let x: Vec<f32> = (0..37 * 32 * 32 * 3).map(|i| (i % 256) as f32).collect();
     let a = m.engine.embed(&x).unwrap();
-    let b = t.engine.embed(&x).unwrap();
     assert_eq!(a.len(), 37 * 32);
-    assert!(edge_agent::runtime::max_abs_diff(&a, &b) < 1e-4);
+    for runtime in [Runtime::Tract, Runtime::Tflite] {
+        let opts = LoadOptions {
+            runtime,
+            ..LoadOptions::default()
+        };
+        let t = bundle_loader::load(&dir, &vk, &opts).unwrap();
+        assert_eq!(t.engine.runtime(), runtime);
+        let file = if runtime == Runtime::Tflite {
+            "model.tflite"
+        } else {
+            "model.onnx"
+        };
+        assert!(t.self_test.file.ends_with(file), "{:?}", t.self_test);
+        let b = t.engine.embed(&x).unwrap();
+        let d = edge_agent::runtime::max_abs_diff(&a, &b);
+        assert!(d < 1e-4, "native vs {runtime:?}: {d}");
+    }
     let (answers, _) = edge_agent::pipeline::answer(&m, &x, 0.05).unwrap();
     assert_eq!(answers.len(), 37);
     for a in &answers {
@@ -50,7 +64,13 @@ fn a_good_bundle_loads_with_onnx_and_tflite_and_answers() {
         assert_eq!(a.set.len(), a.labels.len());
     }
     let (_, tests) = bundle_loader::verify(&dir, &vk).unwrap();
-    assert_eq!(tests.len(), 2);
+    let ran: Vec<&str> = tests.iter().map(|t| t.runtime.as_str()).collect();
+    let mut want = vec!["native", "tract"];
+    if cfg!(feature = "ort") {
+        want.push("ort");
+    }
+    want.push("tflite");
+    assert_eq!(ran, want);
 }
 
 #[test]
@@ -120,6 +140,76 @@ fn every_tampered_bundle_is_refused_and_the_error_names_it() {
     bundle::write_signed(&v2, &m, &key).unwrap();
     let msg = load(&v2, &vk).unwrap_err().to_string();
     assert!(msg.contains("version 2"), "{msg}");
+}
+
+/// onnxruntime through `load-dynamic` (scripts/test.sh runs this with `--features ort` and
+/// ORT_DYLIB_PATH pointing at the test venv's libonnxruntime).
+#[cfg(feature = "ort")]
+#[test]
+fn the_ort_runtime_serves_the_onnx_file_and_agrees_with_native() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "set ORT_DYLIB_PATH to a libonnxruntime.so (scripts/test.sh uses the test venv's)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, key) = built_bundle(root.path());
+    let vk = key.verifying_key();
+    let native = load(&dir, &vk).unwrap();
+    let opts = LoadOptions {
+        runtime: Runtime::Ort,
+        ..LoadOptions::default()
+    };
+    let m = bundle_loader::load(&dir, &vk, &opts).unwrap();
+    assert_eq!(m.self_test.runtime, "ort");
+    assert!(m.self_test.max_abs_diff <= 1e-4, "{:?}", m.self_test);
+    let x: Vec<f32> = (0..5 * 32 * 32 * 3).map(|i| (i * 7 % 256) as f32).collect();
+    let d = edge_agent::runtime::max_abs_diff(
+        &m.engine.embed(&x).unwrap(),
+        &native.engine.embed(&x).unwrap(),
+    );
+    assert!(d < 1e-4, "ort vs native: {d}");
+    // bad input is an error, not a crash inside the library
+    assert!(m.engine.embed(&x[..100]).is_err());
+}
+
+#[cfg(not(feature = "ort"))]
+#[test]
+fn the_ort_runtime_says_which_build_has_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, key) = built_bundle(root.path());
+    let opts = LoadOptions {
+        runtime: Runtime::Ort,
+        ..LoadOptions::default()
+    };
+    let msg = bundle_loader::load(&dir, &key.verifying_key(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("--features ort"), "{msg}");
+}
+
+/// A signed bundle whose ONNX graph the native engine does not run (here: the L2
+/// normalisation replaced by a Sigmoid the exporter never writes) is refused with the node
+/// and a hint to use tract, which runs it.
+#[test]
+fn a_graph_outside_the_native_engine_names_the_node_and_the_alternative() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, key) = built_bundle(root.path());
+    let path = dir.join("model.onnx");
+    let mut model = infer::onnx::Model::decode_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    let g = model.graph.as_mut().unwrap();
+    let sqrt = g.node.iter_mut().find(|n| n.op_type == "Sqrt").unwrap();
+    sqrt.op_type = "Sigmoid".into();
+    std::fs::write(&path, prost::Message::encode_to_vec(&model)).unwrap();
+    let mut m = bundle::read_unverified(&dir).unwrap();
+    for f in &mut m.files {
+        *f = bundle::file_entry(&dir, &f.name, &f.role).unwrap();
+    }
+    bundle::write_signed(&dir, &m, &key).unwrap();
+    let msg = load(&dir, &key.verifying_key()).unwrap_err().to_string();
+    assert!(
+        msg.contains("model.onnx") && msg.contains("Sigmoid") && msg.contains("--runtime tract"),
+        "{msg}"
+    );
 }
 
 #[test]

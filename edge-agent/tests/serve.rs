@@ -138,7 +138,7 @@ fn the_service_answers_refuses_bad_input_tracks_validity_and_stops_on_sigterm() 
     let (st, body) = s.request("GET", "/v1/model", "text/plain", b"");
     assert_eq!(st, 200, "{body}");
     let model: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(model["runtime"], "onnx");
+    assert_eq!(model["runtime"], "native");
     assert!(model["self_test"]["max_abs_diff"].as_f64().unwrap() <= 1e-4);
 
     // an image body of any size and format

@@ -103,6 +103,20 @@ thread_local! {
     static BAND: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// Runs `f` with the thread's scratch moved out of `key` and puts it back after. No borrow
+/// is held while `f` runs: a rayon worker that waits inside `f` (row-parallel mode) may
+/// run another request's job on this thread, which then finds an empty scratch and
+/// allocates its own instead of hitting a borrowed RefCell.
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Scratch>>,
+    f: impl FnOnce(&mut Scratch) -> R,
+) -> R {
+    let mut s = key.with(RefCell::take);
+    let r = f(&mut s);
+    key.with(|c| c.replace(s));
+    r
+}
+
 impl Engine {
     /// Decodes and lowers an ONNX model (`file` names it in errors) and starts the
     /// engine's threads.
@@ -227,14 +241,12 @@ impl Engine {
             feats[..by_image * f]
                 .par_chunks_mut(f)
                 .zip(input[..by_image * per].par_chunks(per))
-                .for_each(|(out, x)| {
-                    IMAGE.with(|s| self.features(x, out, &mut s.borrow_mut(), false))
-                });
+                .for_each(|(out, x)| with_scratch(&IMAGE, |s| self.features(x, out, s, false)));
             for (out, x) in feats[by_image * f..]
                 .chunks_mut(f)
                 .zip(input[by_image * per..].chunks(per))
             {
-                IMAGE.with(|s| self.features(x, out, &mut s.borrow_mut(), true));
+                with_scratch(&IMAGE, |s| self.features(x, out, s, true));
             }
         });
         let mut y = self.dense(&feats, n);
@@ -295,7 +307,7 @@ impl Engine {
             .for_each(|(i, o)| {
                 let u0 = i * per;
                 let u1 = (u0 + per).min(units);
-                BAND.with(|s| block_rows(block, x, u0, u1, &mut s.borrow_mut(), o))
+                with_scratch(&BAND, |s| block_rows(block, x, u0, u1, s, o))
             });
         if let (true, Some(p)) = (separate_pool, block.pool) {
             let sh = block.shape;

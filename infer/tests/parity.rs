@@ -510,3 +510,46 @@ fn corrupted_models_never_panic() {
     );
     eprintln!("corrupted models: {loaded} loaded (changes in weights), {refused} refused");
 }
+
+/// Many callers at once (as an HTTP service calls it): every answer equals the one a
+/// single caller gets, in both parallel modes (batch 1 splits layers, batch 4 images).
+#[test]
+fn concurrent_callers_get_the_same_answers() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let net = Net {
+        side: 32,
+        blocks: vec![
+            block(32, 5, None),
+            block(64, 3, Some((2, 2))),
+            block(64, 3, Some((2, 2))),
+        ],
+        embedding: 16,
+        l2: true,
+        trans_b: true,
+    };
+    let engine = Engine::from_onnx(
+        &build(&net, &mut rng).encode_to_vec(),
+        "m",
+        Options { threads: 2 },
+    )
+    .unwrap();
+    let inputs: Vec<Vec<f32>> = (0..8)
+        .map(|i| pixels(&mut rng, (1 + (i % 2) * 3) * 32 * 32 * 3))
+        .collect();
+    let want: Vec<Vec<f32>> = inputs.iter().map(|x| engine.embed(x).unwrap()).collect();
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (engine, inputs, want) = (&engine, &inputs, &want);
+            s.spawn(move || {
+                for k in 0..40 {
+                    let i = (t + k) % inputs.len();
+                    assert_eq!(
+                        engine.embed(&inputs[i]).unwrap(),
+                        want[i],
+                        "caller {t}, call {k}"
+                    );
+                }
+            });
+        }
+    });
+}
