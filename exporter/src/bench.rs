@@ -1,6 +1,7 @@
 //! `exporter bench`: embedding latency (batch 1) and throughput (batch 64) of the same
-//! exported files through tract-onnx, tract-tflite, onnxruntime and LiteRT (the last two
-//! from Python, in the test venv), with ratios to onnxruntime.
+//! exported files through the agent's native engine (`infer`), tract-onnx, tract-tflite,
+//! onnxruntime and LiteRT (the last two from Python, in the test venv), with ratios to
+//! onnxruntime.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +63,33 @@ pub fn bench_tract(
         })?;
         rows.push(BenchRow {
             runtime: format!("tract-{}", format.name()),
+            batch: b,
+            seconds: s,
+            images_per_sec: b as f64 / s,
+            ratio_to_onnxruntime: None,
+        });
+    }
+    Ok(rows)
+}
+
+/// The agent's native engine ([`infer`]) on the ONNX file at each batch size.
+pub fn bench_native(
+    bytes: &[u8],
+    threads: usize,
+    batches: &[usize],
+    budget: Duration,
+) -> Result<Vec<BenchRow>> {
+    let e = infer::Engine::from_onnx(bytes, "model.onnx", infer::Options { threads })?;
+    let (h, w, c) = e.input_dims();
+    let mut rows = vec![];
+    for &b in batches {
+        let x: Vec<f32> = (0..b * h * w * c).map(|i| (i * 37 % 256) as f32).collect();
+        let s = time_calls(budget, || {
+            e.embed(&x)?;
+            Ok(())
+        })?;
+        rows.push(BenchRow {
+            runtime: "native".into(),
             batch: b,
             seconds: s,
             images_per_sec: b as f64 / s,

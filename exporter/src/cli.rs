@@ -550,13 +550,16 @@ fn bench(a: &BenchArgs, registry: &str) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     exporter::runtime::set_threads(threads);
-    let bar = indicatif::ProgressBar::new(if a.no_python { 2 } else { 3 });
+    let bar = indicatif::ProgressBar::new(if a.no_python { 3 } else { 4 });
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:20}] {pos}/{len}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    bar.set_message("native (infer)");
+    let mut rows = bench_native(&onnx, threads, &a.batches, budget)?;
+    bar.inc(1);
     bar.set_message("tract-onnx");
-    let mut rows = bench_tract(Format::Onnx, &onnx, side, &a.batches, budget)?;
+    rows.extend(bench_tract(Format::Onnx, &onnx, side, &a.batches, budget)?);
     bar.inc(1);
     bar.set_message("tract-tflite");
     rows.extend(bench_tract(

@@ -1,5 +1,6 @@
-//! The exported files compute the trained network: tract-onnx, tract-tflite, onnxruntime
-//! (after `onnx.checker`) and the LiteRT interpreter, each within 1e-4 of the candle
+//! The exported files compute the trained network: the agent's native engine (`infer`),
+//! tract-onnx, tract-tflite, onnxruntime (after `onnx.checker`) and the LiteRT
+//! interpreter, each within 1e-4 of the candle
 //! forward pass on 64 real GTSRB images, for both architectures (batch norm + L2, and the
 //! reference net without either).
 
@@ -36,6 +37,21 @@ fn exported_models_match_candle_on_64_gtsrb_images() {
                 );
                 assert!(d <= TOL, "tract {} batch {batch}: {d:e}", format.name());
             }
+        }
+
+        // the agent's native engine on the ONNX bytes, whole batch and one image at a time
+        // (its two parallel modes)
+        let native =
+            infer::Engine::from_onnx(&onnx, "model.onnx", infer::Options::default()).unwrap();
+        let per = 32 * 32 * 3;
+        let one_by_one: Vec<f32> = x
+            .chunks(per)
+            .flat_map(|xi| native.embed(xi).unwrap())
+            .collect();
+        for (mode, got) in [("batch", native.embed(&x).unwrap()), ("single", one_by_one)] {
+            let d = max_abs_diff(&got, &want);
+            eprintln!("bn {bn} l2 {l2}: native {mode}: max |diff| {d:e}");
+            assert!(d <= TOL, "native {mode}: {d:e}");
         }
 
         let ex = dir.path().join("exchange");
