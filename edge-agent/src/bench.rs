@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use edge_agent::bundle_loader::Golden;
 use edge_agent::config::FileConfig;
 use edge_agent::input::image_input;
 use edge_agent::pipeline;
 use edge_agent::stats::percentile;
 use serde_json::json;
+use shared::bundle::golden::Golden;
 
 use crate::{load_model, ModelArgs, Resolved};
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ed25519_dalek::VerifyingKey;
-use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
+use shared::bundle::golden::{Golden, GoldenError};
 use shared::bundle::{self, BundleError, VerifiedBundle};
 use shared::icp::NcmKind;
 
@@ -60,65 +60,6 @@ impl Default for LoadOptions {
             ncm: None,
             warm_up: false,
         }
-    }
-}
-
-/// Golden inputs and the trained network's outputs.
-#[derive(Clone, Debug)]
-pub struct Golden {
-    pub side: usize,
-    pub dim: usize,
-    /// `G x S x S x 3` raw pixels.
-    pub inputs: Vec<u8>,
-    pub expected: Vec<f32>,
-    pub labels: Vec<u16>,
-}
-
-impl Golden {
-    /// Reads `golden.safetensors` (docs/BUNDLE.md).
-    pub fn parse(bytes: &[u8], file: &str) -> Result<Golden, LoadError> {
-        let bad = |what: String| LoadError::Golden {
-            file: file.to_string(),
-            what,
-        };
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-        let get = |name: &str, dtype: Dtype| {
-            let t = st
-                .tensor(name)
-                .map_err(|_| bad(format!("no tensor {name:?}")))?;
-            if t.dtype() != dtype {
-                return Err(bad(format!("tensor {name:?} is {:?}", t.dtype())));
-            }
-            Ok((t.shape().to_vec(), t.data()))
-        };
-        let (ishape, inputs) = get("inputs", Dtype::U8)?;
-        let (eshape, expected) = get("expected", Dtype::F32)?;
-        let (lshape, labels) = get("labels", Dtype::U16)?;
-        let (g, side, dim) = match (&ishape[..], &eshape[..]) {
-            ([g, s, s2, 3], [g2, e]) if s == s2 && g == g2 && lshape == [*g] => (*g, *s, *e),
-            _ => {
-                return Err(bad(format!(
-                    "inconsistent shapes {ishape:?} / {eshape:?} / {lshape:?}"
-                )))
-            }
-        };
-        if g == 0 {
-            return Err(bad("no golden inputs".into()));
-        }
-        Ok(Golden {
-            side,
-            dim,
-            inputs: inputs.to_vec(),
-            expected: expected
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            labels: labels
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        })
     }
 }
 
@@ -227,9 +168,16 @@ fn engine_for(b: &VerifiedBundle, runtime: Runtime, side: usize) -> Result<Engin
     )?)
 }
 
+fn golden_error(e: GoldenError) -> LoadError {
+    LoadError::Golden {
+        file: e.file,
+        what: e.what,
+    }
+}
+
 fn golden_of(b: &VerifiedBundle) -> Result<Golden, LoadError> {
     let path = b.path(&b.manifest.golden.file);
-    Golden::parse(&read(&path)?, &path.display().to_string())
+    Golden::parse(&read(&path)?, &path.display().to_string()).map_err(golden_error)
 }
 
 /// Verifies, self-tests and prepares the bundle in `dir` for serving.

@@ -20,6 +20,7 @@ use edge_agent::slot::ModelSlot;
 use edge_agent::validity::ValidityConfig;
 
 mod bench;
+mod drift;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +51,9 @@ enum Command {
     Serve(ServeArgs),
     /// Measure latency, throughput, memory and cold start against Python onnxruntime.
     Bench(bench::BenchArgs),
+    /// Replay labelled images (as they are, darkened, rotated, noisy) through the model and
+    /// the online validity monitor: alarm rates and the labels each alarm needed.
+    Drift(drift::DriftArgs),
 }
 
 /// Which bundle, trusted by which key, run how.
@@ -313,7 +317,7 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
         delta: a.delta.or(file.validity.delta).unwrap_or(dv.delta),
         ci_alpha: file.validity.ci_alpha.unwrap_or(dv.ci_alpha),
         max_pending: file.validity.max_pending.unwrap_or(dv.max_pending),
-        seed: dv.seed,
+        ..dv
     };
     if !(validity.delta > 0.0 && validity.delta < 1.0) {
         bail!("delta {} is outside (0, 1)", validity.delta);
@@ -366,6 +370,7 @@ fn main() -> ExitCode {
             Command::Verify(a) => verify(a, &file),
             Command::Serve(a) => serve(a, &file, t_start),
             Command::Bench(a) => bench::run(a, &file, |m| resolve(m, &file)),
+            Command::Drift(a) => drift::run(a, |m| resolve(m, &file)),
         }
     };
     match run() {

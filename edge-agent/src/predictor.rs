@@ -18,16 +18,7 @@ pub enum PredictorError {
     UnknownNcm(String),
 }
 
-/// The reference file's tensor name of a measure's calibration scores (docs/BUNDLE.md).
-pub fn measure_key(kind: NcmKind) -> String {
-    match kind {
-        NcmKind::NearestCentroid => "nearest_centroid".into(),
-        NcmKind::Knn { k } => format!("knn{k}"),
-        NcmKind::NearestNeighbourRatio => "nn_ratio".into(),
-    }
-}
-
-/// Parses a measure name as [`measure_key`] writes it (`knn` alone is k = 40).
+/// Parses a measure name as [`NcmKind::key`] writes it (`knn` alone is k = 40).
 pub fn parse_ncm(s: &str) -> Result<NcmKind, PredictorError> {
     match s {
         "nearest_centroid" | "centroid" => Ok(NcmKind::NearestCentroid),
@@ -149,7 +140,7 @@ impl Predictor {
                 Ncm::fit(ncm, &f32s(data), &u16s(labels), dim, n_classes)?
             }
         };
-        let scores_name = format!("calibration_scores.{}", measure_key(ncm));
+        let scores_name = format!("calibration_scores.{}", ncm.key());
         let (_, scores) = tensor(&st, file, &scores_name, Dtype::F64, 1)?;
         let scores = f64s(scores);
         let calibration = if mondrian {

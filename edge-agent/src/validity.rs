@@ -35,6 +35,8 @@ pub struct ValidityConfig {
     pub max_pending: usize,
     /// Seed of the smoothing taus.
     pub seed: u64,
+    /// Log the alarm as a warning (off for `edge-agent drift`'s many replayed streams).
+    pub log_alarm: bool,
 }
 
 impl Default for ValidityConfig {
@@ -44,6 +46,7 @@ impl Default for ValidityConfig {
             ci_alpha: 0.05,
             max_pending: 8192,
             seed: 0,
+            log_alarm: true,
         }
     }
 }
@@ -262,8 +265,11 @@ impl Monitor {
             *m += k.ln() + (k - 1.0) * lp;
         }
         let log_m = log_mean_exp(&s.log_m);
-        if s.alarm_after.is_none() && log_m >= -self.cfg.delta.ln() {
+        let fired = s.alarm_after.is_none() && log_m >= -self.cfg.delta.ln();
+        if fired {
             s.alarm_after = Some(s.feedback);
+        }
+        if fired && self.cfg.log_alarm {
             tracing::warn!(
                 model_id = %self.model_id,
                 after = s.feedback,

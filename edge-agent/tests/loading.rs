@@ -218,7 +218,7 @@ fn a_signed_bundle_whose_model_misses_its_golden_outputs_fails_the_self_test() {
     let (dir, _, key) = built_bundle(root.path());
     let gpath = dir.join("golden.safetensors");
     let mut g =
-        exporter::golden::Golden::from_safetensors(&std::fs::read(&gpath).unwrap(), "g").unwrap();
+        shared::bundle::golden::Golden::parse(&std::fs::read(&gpath).unwrap(), "g").unwrap();
     g.expected[5] += 0.01;
     std::fs::write(&gpath, g.to_safetensors().unwrap()).unwrap();
     let mut m = bundle::read_unverified(&dir).unwrap();
@@ -266,16 +266,4 @@ fn the_assurance_line_follows_singletons_pairs_and_empty_sets() {
         a.update([ans[0].set.len()]);
     }
     assert_eq!(pin.states(), [false, true, false, true, false]);
-}
-
-/// Writes a bundle and its key for `edge-agent bench` by hand:
-/// `EDGE_AGENT_BUNDLE_OUT=/tmp/b cargo test -p edge-agent --test loading -- --ignored`.
-#[test]
-#[ignore = "writes a bundle for manual benchmarking"]
-fn write_a_bundle_for_benchmarks() {
-    let Some(out) = std::env::var_os("EDGE_AGENT_BUNDLE_OUT") else {
-        return;
-    };
-    let (dir, key, _) = built_bundle(Path::new(&out));
-    println!("bundle {} key {}", dir.display(), key.display());
 }

@@ -32,14 +32,6 @@ pub struct BuiltBundle {
     pub manifest_sha256: String,
 }
 
-fn measure_key(kind: NcmKind) -> String {
-    match kind {
-        NcmKind::NearestCentroid => "nearest_centroid".into(),
-        NcmKind::Knn { k } => format!("knn{k}"),
-        NcmKind::NearestNeighbourRatio => "nn_ratio".into(),
-    }
-}
-
 /// The model id: the run id's first 12 digits and the ONNX file's first 8 sha256 digits,
 /// so that the same weights always get the same id.
 pub fn model_id(run_id: &str, onnx: &[u8]) -> String {
@@ -90,7 +82,7 @@ pub fn build(
     write(GOLDEN_FILE, &golden.to_safetensors()?)?;
     let icp_run = src.icp.clone();
     let ncm = icp_run.as_ref().map_or(NcmKind::NearestCentroid, |i| i.ncm);
-    let scores = format!("calibration_scores.{}", measure_key(ncm));
+    let scores = format!("calibration_scores.{}", ncm.key());
     let n_calibration = calibration_count(reference, &scores)?;
     let arch = src.net.arch();
     let s = arch.side as i64;
@@ -201,7 +193,7 @@ pub fn verify_full(
     let b = bundle::verify(dir, key)?;
     let m = &b.manifest;
     let gpath = b.path(&m.golden.file);
-    let golden = Golden::from_safetensors(
+    let golden = Golden::parse(
         &std::fs::read(&gpath).with_context(|| format!("reading {}", gpath.display()))?,
         &gpath.display().to_string(),
     )?;

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use exporter::bundle::{self as xbundle, ONNX_FILE, TFLITE_FILE};
 use exporter::export::export;
-use exporter::golden::Golden;
+use exporter::golden::{self, Golden};
 use exporter::source::{open_run, RunSource};
 use shared::bundle::{self, keys};
 
@@ -204,7 +204,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn open(run: &str, registry: &str) -> Result<(RunSource, Golden)> {
     let src = open_run(run, registry)?;
-    let golden = Golden::synthetic(&src.net)?;
+    let golden = golden::synthetic(&src.net)?;
     Ok((src, golden))
 }
 

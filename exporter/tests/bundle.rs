@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use exporter::golden::Golden;
+use exporter::golden::{self, Golden};
 use exporter::source::open_run;
 use safetensors::tensor::TensorView;
 use shared::bundle::{self, keys, BundleError};
@@ -40,7 +40,7 @@ fn built_bundle(root: &Path) -> (std::path::PathBuf, ed25519_dalek::SigningKey) 
     let run = root.join("run");
     run_folder(&run);
     let src = open_run(run.to_str().unwrap(), "sqlite::memory:").unwrap();
-    let golden = Golden::synthetic(&src.net).unwrap();
+    let golden = golden::synthetic(&src.net).unwrap();
     let key = keys::generate().unwrap();
     let out = root.join("bundle");
     let names = shared::data::gtsrb_class_names();
@@ -102,7 +102,7 @@ fn a_model_that_no_longer_matches_its_golden_outputs_fails_verification() {
     let root = tempfile::tempdir().unwrap();
     let (dir, key) = built_bundle(root.path());
     let gpath = dir.join("golden.safetensors");
-    let mut g = Golden::from_safetensors(&std::fs::read(&gpath).unwrap(), "golden").unwrap();
+    let mut g = Golden::parse(&std::fs::read(&gpath).unwrap(), "golden").unwrap();
     g.expected[3] += 0.01;
     std::fs::write(&gpath, g.to_safetensors().unwrap()).unwrap();
     let mut m = bundle::read_unverified(&dir).unwrap();

@@ -53,6 +53,56 @@ fn demo_trains_calibrates_and_prints_the_json_contract() {
     let o = run("exporter", &["inspect", bundle]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("model.tflite"));
+    // The agent serves the bundle; its drift experiment replays the demo's validation
+    // images (as they are and shifted) through the online validity monitor.
+    let data = format!("{dir}/datasets");
+    let o = run(
+        "edge-agent",
+        &[
+            "drift",
+            "--bundle",
+            bundle,
+            "--key",
+            key,
+            "--data",
+            &data,
+            "--streams",
+            "3",
+            "--labels",
+            "200",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = last_json(&o);
+    let shifts = d["shifts"].as_array().unwrap();
+    let names: Vec<&str> = shifts
+        .iter()
+        .map(|r| r["shift"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["none", "darken", "rotate", "noise"]);
+    for r in shifts {
+        let alarms = r["alarms"].as_u64().unwrap();
+        assert!(alarms <= 3, "{r}");
+        assert!(
+            (0.0..=1.0).contains(&r["error_rate"].as_f64().unwrap()),
+            "{r}"
+        );
+        // an alarm says when it came, within the stream
+        match r["median_labels_to_alarm"].as_u64() {
+            Some(m) => assert!(alarms > 0 && (1..=200).contains(&m), "{r}"),
+            None => assert_eq!(alarms, 0, "{r}"),
+        }
+    }
+    let o = run(
+        "edge-agent",
+        &[
+            "drift", "--bundle", bundle, "--key", key, "--data", &data, "--split", "bogus",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--split bogus"));
+
     let tflite = std::path::Path::new(bundle).join("model.tflite");
     let mut bytes = std::fs::read(&tflite).unwrap();
     let mid = bytes.len() / 2;

@@ -83,14 +83,6 @@ pub const MEASURES: [NcmKind; 3] = [
     NcmKind::NearestNeighbourRatio,
 ];
 
-fn measure_key(kind: NcmKind) -> String {
-    match kind {
-        NcmKind::NearestCentroid => "nearest_centroid".into(),
-        NcmKind::Knn { k } => format!("knn{k}"),
-        NcmKind::NearestNeighbourRatio => "nn_ratio".into(),
-    }
-}
-
 /// Fraction of rows whose smallest score is at the true label (ties: lowest class).
 fn argmin_accuracy(scores: &[f64], labels: &[u16], n_classes: usize) -> f64 {
     let correct = scores
@@ -155,7 +147,7 @@ pub fn evaluate(
         let s = ncm
             .label_scores(calibration.emb, calibration.labels)
             .with_context(|| format!("calibration scores of {}", kind.name()))?;
-        cal_scores.insert(measure_key(kind), s);
+        cal_scores.insert(kind.key(), s);
     }
 
     let chosen = match settings.ncm {

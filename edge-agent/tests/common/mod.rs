@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use candle_core::Device;
-use exporter::golden::Golden;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::TensorView;
@@ -97,7 +96,7 @@ pub fn built_bundle(root: &Path) -> (PathBuf, PathBuf, ed25519_dalek::SigningKey
     let run = root.join("run");
     run_folder(&run);
     let src = exporter::source::open_run(run.to_str().unwrap(), "sqlite::memory:").unwrap();
-    let golden = Golden::synthetic(&src.net).unwrap();
+    let golden = exporter::golden::synthetic(&src.net).unwrap();
     let key = keys::generate().unwrap();
     let out = root.join("bundle");
     exporter::bundle::build(&src, &golden, &key, &out, shared::data::gtsrb_class_names()).unwrap();

@@ -8,6 +8,7 @@
 //! anything in the bundle trusted. Running the models on the golden inputs is the
 //! caller's step (it needs an inference engine).
 
+pub mod golden;
 pub mod keys;
 
 use std::collections::BTreeMap;

@@ -47,6 +47,16 @@ impl NcmKind {
             NcmKind::NearestNeighbourRatio => "1-NN ratio",
         }
     }
+
+    /// The measure's key in files: `nearest_centroid`, `knn<k>`, `nn_ratio` (the suffix of a
+    /// run's and a bundle's `calibration_scores.<key>` tensors, docs/BUNDLE.md).
+    pub fn key(&self) -> String {
+        match self {
+            NcmKind::NearestCentroid => "nearest_centroid".into(),
+            NcmKind::Knn { k } => format!("knn{k}"),
+            NcmKind::NearestNeighbourRatio => "nn_ratio".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
