@@ -759,10 +759,11 @@ fn tflite_int8(a: &TfliteArgs, registry: &str) -> Result<()> {
         ("tflite int8 via LiteRT", &li, Some(int8.len())),
     ] {
         let f = figures(e, &splits, dim, eps, mondrian, mode)?;
-        let (agree, differ) = set_agreement(&candle, e, &splits, dim, &grid, mondrian, mode)?;
+        let ag = set_agreement(&candle, e, &splits, dim, &grid, mondrian, mode)?;
         rows.push(serde_json::json!({
             "model": name, "bytes": bytes, "figures": f,
-            "sets_identical_to_candle": agree, "set_differences": differ,
+            "sets_identical_to_candle": ag.identical, "set_differences": ag.differ,
+            "max_calibration_scores_crossed": ag.max_scores_crossed,
         }));
     }
     let size_ratio = int8.len() as f64 / ex.tflite.len() as f64;
@@ -788,14 +789,15 @@ fn tflite_int8(a: &TfliteArgs, registry: &str) -> Result<()> {
         for r in &rows {
             let f = &r["figures"];
             println!(
-                "{:<28} {:>10} {:>9.4} {:>11.4} {:>10.3} {:>14.6} ({} differ)",
+                "{:<28} {:>10} {:>9.4} {:>11.4} {:>10.3} {:>14.6} ({} differ, p-values at most {} calibration scores apart)",
                 r["model"].as_str().unwrap_or(""),
                 r["bytes"].as_u64().map_or("-".into(), |b| b.to_string()),
                 f["nc_accuracy"].as_f64().unwrap_or(f64::NAN),
                 f["icp_error"].as_f64().unwrap_or(f64::NAN),
                 f["singleton"].as_f64().unwrap_or(f64::NAN),
                 r["sets_identical_to_candle"].as_f64().unwrap_or(f64::NAN),
-                r["set_differences"]
+                r["set_differences"],
+                r["max_calibration_scores_crossed"]
             );
         }
     }

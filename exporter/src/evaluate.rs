@@ -99,9 +99,21 @@ pub fn figures(
     })
 }
 
-/// Fraction of validation images whose prediction sets agree exactly between two
-/// embedding sources, over every epsilon of `grid`; and the number of (image, epsilon)
-/// pairs that differ.
+/// How two embedding sources' prediction sets compare.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Agreement {
+    /// Fraction of (image, epsilon) pairs with identical sets.
+    pub identical: f64,
+    /// Pairs whose sets differ.
+    pub differ: usize,
+    /// Largest p-value difference behind a differing set, in calibration scores (units of
+    /// 1/(n+1), pooled): 1 means every difference is one calibration score landing on the
+    /// other side of a test score, i.e. a tie within float rounding of the embeddings.
+    pub max_scores_crossed: usize,
+}
+
+/// Whether the prediction sets of the validation images agree exactly between two
+/// embedding sources, over every epsilon of `grid`.
 pub fn set_agreement(
     a: &SplitEmbeddings,
     b: &SplitEmbeddings,
@@ -110,11 +122,12 @@ pub fn set_agreement(
     grid: &[f64],
     mondrian: bool,
     mode: PValueMode,
-) -> Result<(f64, usize)> {
+) -> Result<Agreement> {
     let pa = predictor(a, s, dim, mondrian, mode)?;
     let pb = predictor(b, s, dim, mondrian, mode)?;
     let n = s.validation.labels.len();
-    let mut differ = 0usize;
+    let unit = 1.0 / (s.calibration.labels.len() as f64 + 1.0);
+    let (mut differ, mut max_crossed) = (0usize, 0usize);
     for &eps in grid {
         pa.set_next_sample(0);
         pb.set_next_sample(0);
@@ -123,9 +136,21 @@ pub fn set_agreement(
         for i in 0..n {
             let x: Vec<usize> = ra.set(i).iter().collect();
             let y: Vec<usize> = rb.set(i).iter().collect();
-            differ += usize::from(x != y);
+            if x != y {
+                differ += 1;
+                let (qa, qb) = (ra.prediction(i), rb.prediction(i));
+                for (c, (va, vb)) in qa.p_values.iter().zip(&qb.p_values).enumerate() {
+                    if x.contains(&c) != y.contains(&c) {
+                        max_crossed = max_crossed.max(((va - vb).abs() / unit).round() as usize);
+                    }
+                }
+            }
         }
     }
     let pairs = (n * grid.len()).max(1);
-    Ok((1.0 - differ as f64 / pairs as f64, differ))
+    Ok(Agreement {
+        identical: 1.0 - differ as f64 / pairs as f64,
+        differ,
+        max_scores_crossed: max_crossed,
+    })
 }
