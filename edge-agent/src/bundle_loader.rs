@@ -203,6 +203,8 @@ pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<Loaded
         m.class_names.clone(),
         engine.embedding_dim(),
     )?;
+    // the files read for hashing and the reference data are freed by now
+    crate::memory::trim();
     Ok(LoadedModel {
         bundle: b,
         engine,

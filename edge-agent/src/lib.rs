@@ -7,6 +7,7 @@ pub mod assurance;
 pub mod bundle_loader;
 pub mod config;
 pub mod input;
+pub mod memory;
 pub mod metrics;
 #[cfg(feature = "ort")]
 pub mod ort_engine;

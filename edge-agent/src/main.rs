@@ -355,6 +355,7 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
 
 fn main() -> ExitCode {
     let t_start = Instant::now();
+    edge_agent::memory::return_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
