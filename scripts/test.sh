@@ -41,6 +41,14 @@ if ! db_up; then
 fi
 db_up || echo "warning: nothing listens on 127.0.0.1:3306: the MySQL registry tests will fail and say so" >&2
 
+step "S3 server for the object-store tests (s3s-fs, cached under $EDGECP_CACHE)"
+S3S_ROOT=$EDGECP_CACHE/s3s-fs-0.14.1
+if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
+  # 0.14.1: the newest release that builds with this toolchain (0.17 needs rustc 1.96)
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$S3S_ROOT"
+fi
+export EDGECP_S3S_FS=$S3S_ROOT/bin/s3s-fs
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

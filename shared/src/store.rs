@@ -2,7 +2,11 @@
 //!
 //! Everything is written through the `object_store` crate so that the local filesystem
 //! (the embedded default) and S3-compatible servers share one code path. A location is a
-//! plain directory path or a URL (`file:///...`; cloud schemes come with the cloud issue).
+//! plain directory path or a URL: `file:///...`, or `s3://BUCKET/PREFIX` for AWS S3 and any
+//! S3-compatible server (MinIO, Garage, s3s), configured by the standard environment
+//! variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`
+//! (a custom server; requests are path-style unless `AWS_VIRTUAL_HOSTED_STYLE_REQUEST` is
+//! true) and `AWS_ALLOW_HTTP` (a plain-HTTP endpoint).
 //!
 //! Besides opening locations, this module names objects by URL ([`object_url`]) and
 //! uploads local files into a location ([`upload_file`]), hashing them on the way.
@@ -11,6 +15,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -59,7 +64,7 @@ pub enum Root {
     /// A local directory, absolute and canonical: the store's object `a/b` is `<dir>/a/b`.
     Dir(PathBuf),
     /// A remote store's base URL without a trailing `/`, e.g. `s3://bucket` (object
-    /// `a/b` is `s3://bucket/a/b`). No scheme of this build opens one yet.
+    /// `a/b` is `s3://bucket/a/b`).
     Url(String),
 }
 
@@ -103,8 +108,15 @@ impl Location {
 }
 
 /// Opens a directory path or URL. Local directories are created if missing, so that a
-/// first `--out DIR` works.
+/// first `--out DIR` works. S3 settings come from the environment (see the module docs).
 pub fn open(location: &str) -> Result<Location, StoreError> {
+    open_with_options(location, &[])
+}
+
+/// [`open`] with S3 settings that override the environment's: `object_store`'s
+/// `AmazonS3ConfigKey` names (`aws_access_key_id`, `aws_secret_access_key`, `aws_endpoint`,
+/// `aws_allow_http`, `aws_region`, ...) and their values. Ignored for local locations.
+pub fn open_with_options(location: &str, s3: &[(&str, &str)]) -> Result<Location, StoreError> {
     let err = |what: String| StoreError::Location {
         location: location.to_string(),
         what,
@@ -121,10 +133,44 @@ pub fn open(location: &str) -> Result<Location, StoreError> {
                 .map_err(|_| err("file URL without an absolute path".into()))?;
             open_dir(&path, location)
         }
+        "s3" => open_s3(&url, location, s3),
         other => Err(err(format!(
-            "unsupported scheme {other:?}: this build reads and writes local directories and file:// URLs"
+            "unsupported scheme {other:?}: use a directory, a file:// URL or s3://BUCKET/PREFIX"
         ))),
     }
+}
+
+fn open_s3(url: &Url, location: &str, options: &[(&str, &str)]) -> Result<Location, StoreError> {
+    let err = |what: String| StoreError::Location {
+        location: location.to_string(),
+        what,
+    };
+    let bucket = url
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| err("no bucket: write s3://BUCKET/PREFIX".into()))?;
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for (key, value) in options {
+        let key = key
+            .parse()
+            .map_err(|e| err(format!("S3 setting {key:?}: {e}")))?;
+        builder = builder.with_config(key, *value);
+    }
+    let store = builder.build().map_err(|source| StoreError::Backend {
+        location: location.to_string(),
+        source,
+    })?;
+    let prefix: Path = url
+        .path()
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .fold(Path::default(), |p, part| p.clone().join(part));
+    Ok(Location {
+        store: Arc::new(store),
+        prefix,
+        display: location.to_string(),
+        root: Root::Url(format!("s3://{bucket}")),
+    })
 }
 
 fn open_dir(dir: &std::path::Path, location: &str) -> Result<Location, StoreError> {

@@ -144,9 +144,28 @@ mod tests {
                 .starts_with("golden.safetensors: golden data:"),
             "{e}"
         );
+        // one label too many: the writer refuses it, and so does the reader
         let mut bad = g.clone();
         bad.labels.push(1);
-        let e = Golden::parse(&bad.to_safetensors().unwrap(), "g").unwrap_err();
+        assert!(bad.to_safetensors().is_err());
+        let labels: Vec<u8> = bad.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let expected: Vec<u8> = g.expected.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let views = vec![
+            (
+                "inputs",
+                TensorView::new(Dtype::U8, vec![2, 2, 2, 3], &g.inputs).unwrap(),
+            ),
+            (
+                "expected",
+                TensorView::new(Dtype::F32, vec![2, 3], &expected).unwrap(),
+            ),
+            (
+                "labels",
+                TensorView::new(Dtype::U16, vec![3], &labels).unwrap(),
+            ),
+        ];
+        let file = safetensors::serialize(views, None).unwrap();
+        let e = Golden::parse(&file, "g").unwrap_err();
         assert!(e.to_string().contains("inconsistent shapes"), "{e}");
     }
 }
