@@ -360,7 +360,8 @@ impl ChunkReader {
     }
 }
 
-/// Reads the whole object at `url`: a URL as [`object_url`] makes it (`file:///...`), or a
+/// Reads the whole object at `url`: a URL as [`object_url`] makes it (`file:///...`,
+/// `s3://BUCKET/KEY` with the environment's S3 settings), or a
 /// local path. The object's own directory is opened as the location, so a URL from the
 /// registry is enough.
 pub async fn read_url(url: &str) -> Result<Vec<u8>, StoreError> {
@@ -368,26 +369,39 @@ pub async fn read_url(url: &str) -> Result<Vec<u8>, StoreError> {
         location: url.to_string(),
         what,
     };
-    let file = if url.contains("://") {
+    let (loc, object) = if url.starts_with("s3://") {
+        // the bucket is the location, the rest of the URL the object
         let parsed = Url::parse(url).map_err(|e| err(format!("not a valid URL: {e}")))?;
-        if parsed.scheme() != "file" {
-            return Err(err(format!(
-                "unsupported scheme {:?}: this build reads local directories and file:// URLs",
-                parsed.scheme()
-            )));
+        let bucket = parsed.host_str().unwrap_or_default();
+        let loc = open(&format!("s3://{bucket}"))?;
+        let object = loc.child(parsed.path());
+        if object.as_ref().is_empty() {
+            return Err(err("names no object".into()));
         }
-        parsed
-            .to_file_path()
-            .map_err(|_| err("file URL without an absolute path".into()))?
+        (loc, object)
     } else {
-        PathBuf::from(url)
+        let file = if url.contains("://") {
+            let parsed = Url::parse(url).map_err(|e| err(format!("not a valid URL: {e}")))?;
+            if parsed.scheme() != "file" {
+                return Err(err(format!(
+                    "unsupported scheme {:?}: this build reads local paths, file:// and s3:// URLs",
+                    parsed.scheme()
+                )));
+            }
+            parsed
+                .to_file_path()
+                .map_err(|_| err("file URL without an absolute path".into()))?
+        } else {
+            PathBuf::from(url)
+        };
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+            return Err(err("names no file".into()));
+        };
+        let dir_text = dir.display().to_string();
+        let loc = open_dir(dir, &dir_text)?;
+        let object = loc.child(&name.to_string_lossy());
+        (loc, object)
     };
-    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
-        return Err(err("names no file".into()));
-    };
-    let dir_text = dir.display().to_string();
-    let loc = open_dir(dir, &dir_text)?;
-    let object = loc.child(&name.to_string_lossy());
     let backend = |source| StoreError::Backend {
         location: url.to_string(),
         source,
