@@ -330,17 +330,7 @@ fn matches_tract_on_networks_of_every_shape() {
 #[test]
 fn the_exporter_network_uses_the_fast_kernels() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let net = Net {
-        side: 32,
-        blocks: vec![
-            block(32, 5, None),
-            block(64, 3, Some((2, 2))),
-            block(64, 3, Some((2, 2))),
-        ],
-        embedding: 128,
-        l2: true,
-        trans_b: true,
-    };
+    let net = exporter_net(128);
     let e = Engine::from_onnx(
         &build(&net, &mut rng).encode_to_vec(),
         "m",
@@ -364,6 +354,21 @@ fn the_exporter_network_uses_the_fast_kernels() {
         e.embed(&[0.0; 3073]),
         Err(EngineError::InputSize { got: 3073, .. })
     ));
+}
+
+/// The exporter's network at side 32 with an L2-normalised embedding of `embedding`.
+fn exporter_net(embedding: usize) -> Net {
+    Net {
+        side: 32,
+        blocks: vec![
+            block(32, 5, None),
+            block(64, 3, Some((2, 2))),
+            block(64, 3, Some((2, 2))),
+        ],
+        embedding,
+        l2: true,
+        trans_b: true,
+    }
 }
 
 fn small_net() -> Net {
@@ -516,17 +521,7 @@ fn corrupted_models_never_panic() {
 #[test]
 fn concurrent_callers_get_the_same_answers() {
     let mut rng = ChaCha8Rng::seed_from_u64(17);
-    let net = Net {
-        side: 32,
-        blocks: vec![
-            block(32, 5, None),
-            block(64, 3, Some((2, 2))),
-            block(64, 3, Some((2, 2))),
-        ],
-        embedding: 16,
-        l2: true,
-        trans_b: true,
-    };
+    let net = exporter_net(16);
     let engine = Engine::from_onnx(
         &build(&net, &mut rng).encode_to_vec(),
         "m",
