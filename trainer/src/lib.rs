@@ -3,6 +3,7 @@
 //! artifacts ([`registry`]).
 
 pub mod bench;
+pub mod best;
 pub mod demo;
 pub mod evaluate;
 pub mod ingest;

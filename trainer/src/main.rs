@@ -3,7 +3,7 @@
 //! Subcommands: `ingest` (images -> versioned dataset shards), `demo` (the offline path
 //! end to end), `bench` (speed figures against the tools a user would otherwise pick).
 
-use trainer::{bench, demo, ingest, memory, registry, runs, train_cmd};
+use trainer::{bench, best, demo, ingest, memory, registry, runs, train_cmd};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +38,9 @@ enum Command {
     /// List and inspect recorded runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// The best finished run by a validation metric (plain SQL over the registry) and its
+    /// newest bundle.
+    Best(best::BestArgs),
     /// Run the offline path end to end on synthetic signs (or --data): ingest, embed,
     /// calibrate, evaluate; prints the ICP table over epsilon.
     Demo(demo::DemoArgs),
@@ -87,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Train(args) => train_cmd::run(&args, &cli.registry),
         Command::Runs(cmd) => runs::run(&cmd, &cli.registry),
+        Command::Best(args) => best::run(&args, &cli.registry),
         Command::Bench(BenchCommand::Icp(args)) => bench::run_icp(&args),
         Command::Bench(BenchCommand::Train(args)) => bench::run_train(&args),
     }
