@@ -158,10 +158,11 @@ impl S3Server {
     }
 }
 
-/// Runs a workspace binary with `args` and extra environment variables.
-pub fn run_env(name: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+/// Runs a workspace binary with `args` and extra environment variables in folder `cwd`
+/// (a temporary one: relative defaults such as `runs/` must not land in the checkout).
+pub fn run_env(name: &str, args: &[&str], env: &[(&str, String)], cwd: &Path) -> Output {
     let mut c = Command::new(bin(name));
-    c.args(args).env("RUST_LOG", "warn");
+    c.args(args).env("RUST_LOG", "warn").current_dir(cwd);
     for (k, v) in env {
         c.env(k, v);
     }

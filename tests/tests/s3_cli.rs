@@ -26,6 +26,7 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
             "s3://datasets/signs",
         ],
         &env,
+        work.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(s3
@@ -57,6 +58,7 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
             "--json",
         ],
         &env,
+        work.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j = last_json(&o);
@@ -70,7 +72,12 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
     let weights = format!("s3://artifacts/runs/{run_id}/model.safetensors");
     assert!(urls.contains(&weights.as_str()), "{urls:?}");
 
-    let o = run_env("exporter", &["keygen", "--out", &format!("{w}/keys")], &env);
+    let o = run_env(
+        "exporter",
+        &["keygen", "--out", &format!("{w}/keys")],
+        &env,
+        work.path(),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run_env(
         "exporter",
@@ -89,6 +96,7 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
             "--json",
         ],
         &env,
+        work.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let b = last_json(&o);
@@ -114,6 +122,7 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
             &format!("{w}/keys/signing.pub"),
         ],
         &env,
+        work.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(last_json(&o)["ok"], true);
@@ -135,6 +144,7 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
             "s3://datasets/other",
         ],
         &bad,
+        work.path(),
     );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
