@@ -353,23 +353,6 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// The error and its causes, each once: our error types already print their source
-/// inside their own message (`bundle refused: <why>`), so a cause whose text the message
-/// so far contains is not repeated.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if !text.contains(&c) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&c);
-        }
-    }
-    text
-}
-
 fn main() -> ExitCode {
     let t_start = Instant::now();
     edge_agent::memory::return_freed_memory();
@@ -394,7 +377,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", shared::error_text::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shared::error_text::chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

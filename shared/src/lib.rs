@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod data;
+pub mod error_text;
 pub mod icp;
 pub mod image;
 pub mod progress;
