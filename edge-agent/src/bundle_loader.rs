@@ -27,8 +27,8 @@ pub enum LoadError {
     NoModel { format: &'static str },
     #[error("bundle refused: {0}")]
     Runtime(#[from] RuntimeError),
-    #[error("bundle refused: {file}: golden data: {what}")]
-    Golden { file: String, what: String },
+    #[error("bundle refused: {0}")]
+    Golden(#[from] GoldenError),
     #[error("bundle refused: self-test failed: {file} through the {runtime} runtime differs from the golden outputs by {max_abs_diff:e} (tolerance {tolerance:e})")]
     SelfTest {
         file: String,
@@ -115,7 +115,7 @@ fn side_of(b: &VerifiedBundle) -> Result<usize, LoadError> {
 /// Runs `engine` on the golden inputs and compares with the expected embeddings.
 pub fn self_test(engine: &Engine, golden: &Golden, tolerance: f32) -> Result<SelfTest, LoadError> {
     if golden.side != engine.side() || golden.dim != engine.embedding_dim() {
-        return Err(LoadError::Golden {
+        return Err(LoadError::Golden(GoldenError {
             file: engine.file().to_string(),
             what: format!(
                 "golden data is for {}x{} input and {} outputs, the model has {}x{} and {}",
@@ -126,7 +126,7 @@ pub fn self_test(engine: &Engine, golden: &Golden, tolerance: f32) -> Result<Sel
                 engine.side(),
                 engine.embedding_dim()
             ),
-        });
+        }));
     }
     let x: Vec<f32> = golden.inputs.iter().map(|&v| f32::from(v)).collect();
     let y = engine.embed(&x)?;
@@ -168,16 +168,9 @@ fn engine_for(b: &VerifiedBundle, runtime: Runtime, side: usize) -> Result<Engin
     )?)
 }
 
-fn golden_error(e: GoldenError) -> LoadError {
-    LoadError::Golden {
-        file: e.file,
-        what: e.what,
-    }
-}
-
 fn golden_of(b: &VerifiedBundle) -> Result<Golden, LoadError> {
     let path = b.path(&b.manifest.golden.file);
-    Golden::parse(&read(&path)?, &path.display().to_string()).map_err(golden_error)
+    Ok(Golden::parse(&read(&path)?, &path.display().to_string())?)
 }
 
 /// Verifies, self-tests and prepares the bundle in `dir` for serving.

@@ -79,12 +79,17 @@ pub struct Location {
     pub root: Root,
 }
 
+/// `base` followed by the non-empty `/`-separated parts of `name`.
+fn join_parts(base: &Path, name: &str) -> Path {
+    name.split('/')
+        .filter(|p| !p.is_empty())
+        .fold(base.clone(), |p, part| p.join(part))
+}
+
 impl Location {
     /// The object path of `name` under this location's prefix (`name` may contain `/`).
     pub fn child(&self, name: &str) -> Path {
-        name.split('/')
-            .filter(|p| !p.is_empty())
-            .fold(self.prefix.clone(), |p, part| p.clone().join(part))
+        join_parts(&self.prefix, name)
     }
 
     /// A location one or more levels below this one.
@@ -160,11 +165,7 @@ fn open_s3(url: &Url, location: &str, options: &[(&str, &str)]) -> Result<Locati
         location: location.to_string(),
         source,
     })?;
-    let prefix: Path = url
-        .path()
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .fold(Path::default(), |p, part| p.clone().join(part));
+    let prefix = join_parts(&Path::default(), url.path());
     Ok(Location {
         store: Arc::new(store),
         prefix,

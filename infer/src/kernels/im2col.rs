@@ -89,11 +89,6 @@ fn fill_cols(s: &ConvShape, x: &[f32], y0: usize, y1: usize, cols: &mut [f32]) {
     }
 }
 
-#[inline(always)]
-fn bias_relu_generic(x: &mut [f32], bias: &[f32], relu: bool) {
-    bias_relu(x, bias, relu)
-}
-
 /// Output rows `y0..y1` of the convolution of image `x` (NHWC) with packed weights `w`
 /// ([`pack_weights`]), plus `bias`, then ReLU when `relu`, into `out` (those rows, NHWC).
 /// `cols` is scratch.
@@ -119,7 +114,7 @@ pub fn conv_rows(
         fill_cols(s, x, y, yb, cols);
         let dst = &mut out[(y - y0) * ow * o_n..(yb - y0) * ow * o_n];
         matmul(px, o_n, patch, cols, patch, w, o_n, dst, o_n);
-        dispatch!(bias_relu_generic(dst, bias, relu));
+        dispatch!(bias_relu(dst, bias, relu));
         y = yb;
     }
 }
