@@ -49,6 +49,26 @@ if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
 fi
 export EDGECP_S3S_FS=$S3S_ROOT/bin/s3s-fs
 
+step "MLflow tracking server for the tracking tests (venv from scripts/requirements-mlflow.txt)"
+EDGECP_MLFLOW_PYTHON=$(scripts/pyenv.sh scripts/requirements-mlflow.txt)
+export EDGECP_MLFLOW_PYTHON
+"$EDGECP_MLFLOW_PYTHON" -c 'import mlflow, pymysql, boto3; print("mlflow", mlflow.__version__, "with pymysql and boto3")' >&2
+command -v mysql >/dev/null || echo "warning: no mysql client: the tests that prepare MariaDB databases will fail and say so (apt-get install mariadb-client)" >&2
+
+step "deployment files: docker-compose (Debian's, for \`config\`) and the checker's venv"
+# tests/tests/deploy_files.rs runs scripts/py/check_deploy.py with this venv's python.
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; }; } >&2 \
+      || echo "warning: could not install docker-compose: the deployment-file test will fail and say so" >&2
+  else
+    echo "warning: no docker-compose and no apt-get: the deployment-file test will fail and say so" >&2
+  fi
+fi
+EDGECP_DEPLOY_PYTHON=$(scripts/pyenv.sh scripts/requirements-deploy.txt)
+export EDGECP_DEPLOY_PYTHON
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -169,3 +169,228 @@ pub fn run_env(name: &str, args: &[&str], env: &[(&str, String)], cwd: &Path) ->
     c.output()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
 }
+
+/// A free TCP port on loopback (nothing listens on it when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A fresh MariaDB/MySQL database on the local server (root, empty password, as on the
+/// project machines), dropped when this is. `EDGECP_TEST_MYSQL_HOST` / `_PORT` move it.
+pub struct MysqlDb {
+    pub name: String,
+    host: String,
+    port: String,
+}
+
+impl MysqlDb {
+    pub fn create(prefix: &str) -> MysqlDb {
+        let host = std::env::var("EDGECP_TEST_MYSQL_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let port = std::env::var("EDGECP_TEST_MYSQL_PORT").unwrap_or_else(|_| "3306".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000);
+        let db = MysqlDb { name, host, port };
+        db.sql(&format!(
+            "CREATE DATABASE {} CHARACTER SET utf8mb4",
+            db.name
+        ));
+        db
+    }
+
+    /// Runs SQL through the `mysql` client; panics with its message on failure.
+    pub fn sql(&self, sql: &str) -> String {
+        let o = Command::new("mysql")
+            .args([
+                "-h", &self.host, "-P", &self.port, "-u", "root", "-N", "-B", "-e", sql,
+            ])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("the `mysql` client is needed to prepare MariaDB test databases: {e}")
+            });
+        assert!(
+            o.status.success(),
+            "MariaDB at {}:{} refused {sql:?}: {} (the tests need MariaDB with root and an empty password; scripts/test.sh starts it)",
+            self.host,
+            self.port,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// SQL inside this database.
+    pub fn query(&self, sql: &str) -> String {
+        self.sql(&format!("USE {}; {sql}", self.name))
+    }
+
+    /// URL for our programs.
+    pub fn url(&self) -> String {
+        format!("mysql://root@{}:{}/{}", self.host, self.port, self.name)
+    }
+
+    /// URL for MLflow (SQLAlchemy + PyMySQL).
+    pub fn sqlalchemy_url(&self) -> String {
+        format!(
+            "mysql+pymysql://root@{}:{}/{}",
+            self.host, self.port, self.name
+        )
+    }
+}
+
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        let _ = Command::new("mysql")
+            .args(["-h", &self.host, "-P", &self.port, "-u", "root"])
+            .args(["-e", &format!("DROP DATABASE IF EXISTS {}", self.name)])
+            .output();
+    }
+}
+
+/// The Python of the MLflow venv (`EDGECP_MLFLOW_PYTHON`, set by scripts/test.sh).
+pub fn mlflow_python() -> PathBuf {
+    let p = std::env::var_os("EDGECP_MLFLOW_PYTHON").map(PathBuf::from);
+    match p {
+        Some(p) if p.is_file() => p,
+        _ => panic!(
+            "EDGECP_MLFLOW_PYTHON is not set to a Python with mlflow {}: run scripts/test.sh (it creates the venv from scripts/requirements-mlflow.txt)",
+            "3.17.2"
+        ),
+    }
+}
+
+/// A real MLflow tracking server (`mlflow server`, from the venv) with a MariaDB backend
+/// store and an S3 artifact root on `s3`, stopped when dropped.
+pub struct MlflowServer {
+    child: std::process::Child,
+    pub url: String,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // `mlflow server` runs uvicorn as a child in the group started for it: kill the
+        // whole group at once (a graceful stop keeps answering for a while), then wait
+        // until nothing listens on the port any more.
+        let pid = self.child.id() as i32;
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{pid}")])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && t0.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl MlflowServer {
+    /// Starts the server on `port` and waits (up to 3 minutes) until /health answers.
+    /// `artifact_root` is an s3:// URL on `s3`.
+    pub fn start(port: u16, db: &MysqlDb, s3: &S3Server, artifact_root: &str) -> MlflowServer {
+        use std::os::unix::process::CommandExt;
+        let py = mlflow_python();
+        let mlflow = py.with_file_name("mlflow");
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let log = dir.path().join("mlflow.log");
+        let out = std::fs::File::create(&log).expect("mlflow log file");
+        let err = out.try_clone().expect("mlflow log file");
+        let mut cmd = Command::new(&mlflow);
+        cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--workers", "1"])
+            .args(["--backend-store-uri", &db.sqlalchemy_url()])
+            // New experiments store files straight in S3 (what our client prefers); the
+            // artifact proxy is served too, for experiments created with an
+            // `mlflow-artifacts:` location.
+            .args(["--default-artifact-root", artifact_root])
+            .args([
+                "--serve-artifacts",
+                "--artifacts-destination",
+                &format!("{}/proxied", artifact_root.trim_end_matches('/')),
+            ])
+            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .current_dir(dir.path())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", mlflow.display()));
+        let mut server = MlflowServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+            _dir: dir,
+        };
+        let t0 = std::time::Instant::now();
+        loop {
+            if server.healthy() {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "mlflow server exited ({status}): {}",
+                    std::fs::read_to_string(&server.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(180),
+                "mlflow server did not answer /health within 3 minutes: {}",
+                std::fs::read_to_string(&server.log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let req = format!(
+            "GET /health HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            self.port
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
+    }
+
+    /// Everything MLflow holds for one experiment, read with MLflow's own Python client
+    /// (scripts/py/mlflow_runs.py): runs, params, tags, metric histories, artifacts.
+    pub fn dump(&self, experiment: &str, s3: &S3Server) -> serde_json::Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/mlflow_runs.py");
+        let o = Command::new(mlflow_python())
+            .arg(&script)
+            .args(["--tracking-uri", &self.url, "--experiment", experiment])
+            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .expect("running scripts/py/mlflow_runs.py");
+        assert!(
+            o.status.success(),
+            "mlflow_runs.py failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).expect("mlflow_runs.py prints JSON")
+    }
+}

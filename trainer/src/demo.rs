@@ -100,6 +100,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         resume: None,
         icp: args.icp.settings(),
         quiet: args.json,
+        mlflow: None,
+        mlflow_wait: std::time::Duration::ZERO,
+        extra_params: vec![],
     })?;
     let bundle = bundle_run(&args.out, &registry, &report.run_dir, args.json)?;
     if args.json {
@@ -128,35 +131,6 @@ struct DemoBundle {
     model_id: String,
 }
 
-/// The `exporter` binary: `EDGECP_EXPORTER`, else beside this executable (same cargo
-/// target folder), else on PATH.
-fn exporter_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("EDGECP_EXPORTER") {
-        return Ok(PathBuf::from(p));
-    }
-    let name = format!("exporter{}", std::env::consts::EXE_SUFFIX);
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join(&name)));
-    if let Some(p) = beside.filter(|p| p.is_file()) {
-        return Ok(p);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(p) = std::env::split_paths(&path)
-            .map(|d| d.join(&name))
-            .find(|p| p.is_file())
-        {
-            return Ok(p);
-        }
-    }
-    anyhow::bail!(
-        "the demo bundles its run with the `exporter` binary, which is not beside {} nor on PATH: \
-         build it (`cargo build --release -p exporter`, or `cargo build --release` for the whole \
-         workspace) or set EDGECP_EXPORTER to its path",
-        std::env::current_exe().map_or("trainer".into(), |p| p.display().to_string())
-    )
-}
-
 /// Exports, signs and bundles the run in `run_dir` with the `exporter` binary (the exporter
 /// depends on this crate, so it cannot be called in-process); the signing key is created on
 /// first use in `out/keys/`.
@@ -169,44 +143,17 @@ fn bundle_run(
     let keys_dir = out.join("keys");
     let (_, paths) =
         shared::bundle::keys::load_or_create(&keys_dir, "signing").context("demo signing key")?;
-    let exporter = exporter_binary()?;
-    let mut cmd = std::process::Command::new(&exporter);
-    cmd.arg("--registry")
-        .arg(registry)
-        .arg("bundle")
-        .arg("--run")
-        .arg(run_dir)
-        .arg("--key")
-        .arg(&paths.private)
-        .arg("--out")
-        .arg(out.join("bundles"))
-        .arg("--store")
-        .arg(out.join("store"))
-        .arg("--json");
-    if quiet {
-        cmd.env("RUST_LOG", "warn");
-    }
-    let output = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("starting {}", exporter.display()))?;
-    if !output.status.success() {
-        anyhow::bail!("{} bundle failed ({})", exporter.display(), output.status);
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(line)
-        .with_context(|| format!("exporter bundle printed no JSON: {stdout}"))?;
-    let dir = v["bundle"]
-        .as_str()
-        .context("exporter bundle's JSON has no bundle path")?;
+    let b = crate::bundling::bundle_run(
+        registry,
+        run_dir,
+        &paths.private,
+        &out.join("bundles"),
+        &out.join("store").display().to_string(),
+        quiet,
+    )?;
     Ok(DemoBundle {
-        dir: PathBuf::from(dir),
+        dir: b.dir,
         public_key: std::fs::canonicalize(&paths.public).unwrap_or(paths.public),
-        model_id: v["model_id"].as_str().unwrap_or("").to_string(),
+        model_id: b.model_id,
     })
 }

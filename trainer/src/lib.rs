@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod best;
+pub mod bundling;
 pub mod demo;
 pub mod evaluate;
 pub mod ingest;
@@ -15,6 +16,9 @@ pub mod progress;
 #[allow(dead_code)]
 pub mod registry;
 pub mod runs;
+pub mod sweep;
+pub mod tracking;
 pub mod train_cmd;
 pub mod training;
 pub mod trial;
+pub mod worker;

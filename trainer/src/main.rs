@@ -1,9 +1,11 @@
 //! `trainer`: turns traffic-sign images into calibrated embedding models.
 //!
-//! Subcommands: `ingest` (images -> versioned dataset shards), `demo` (the offline path
-//! end to end), `bench` (speed figures against the tools a user would otherwise pick).
+//! Subcommands: `ingest` (images -> versioned dataset shards), `train` (one trial), `sweep`
+//! and `worker` (many trials on many machines), `runs` and `best` (the registry), `demo` (the
+//! offline path end to end), `bench` (speed figures against the tools a user would
+//! otherwise pick).
 
-use trainer::{bench, best, demo, ingest, memory, registry, runs, train_cmd};
+use trainer::{bench, best, demo, ingest, memory, registry, runs, sweep, train_cmd, worker};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +37,12 @@ enum Command {
     /// Train one trial (siamese embedding network), calibrate and evaluate its conformal
     /// predictor, and record everything in the run registry.
     Train(train_cmd::TrainArgs),
+    /// Write a grid or random search (a TOML spec) to the registry as trials for workers;
+    /// `--show NAME` lists a sweep's trials.
+    Sweep(sweep::SweepArgs),
+    /// Claim trials from the registry and run them (any number of workers, any machines):
+    /// train, record, track in MLflow, export and bundle each.
+    Worker(worker::WorkerArgs),
     /// List and inspect recorded runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
@@ -89,6 +97,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ingest(args) => ingest::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Train(args) => train_cmd::run(&args, &cli.registry),
+        Command::Sweep(args) => sweep::run(&args, &cli.registry),
+        Command::Worker(args) => worker::run(&args, &cli.registry),
         Command::Runs(cmd) => runs::run(&cmd, &cli.registry),
         Command::Best(args) => best::run(&args, &cli.registry),
         Command::Bench(BenchCommand::Icp(args)) => bench::run_icp(&args),

@@ -83,6 +83,15 @@ pub struct TrainArgs {
     pub resume: Option<String>,
     #[command(flatten)]
     pub icp: IcpArgs,
+    /// Also log to this MLflow tracking server (http://HOST:5000): params, per-step
+    /// metrics while training, final metrics, plots and model files. Training never waits
+    /// on it: records queue while it is down and are sent when it answers.
+    #[arg(long, env = crate::tracking::URL_ENV, value_name = "URL")]
+    pub mlflow: Option<String>,
+    /// Seconds the end of the run waits for MLflow records still queued (server down);
+    /// what is still unsent then is reported as missing.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub mlflow_wait: f64,
     /// Print one JSON object (the last line) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -126,27 +135,15 @@ pub fn load_config(args: &TrainArgs) -> Result<TrialConfig> {
 
 /// Applies the keys present in TOML `text` over `base`.
 fn merge_over(mut base: TrialConfig, text: &str) -> Result<TrialConfig> {
-    fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) {
-        for (k, v) in t {
-            let key = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            match v {
-                toml::Value::Table(inner) => walk(&key, inner, out),
-                toml::Value::String(s) => out.push((key, s.clone())),
-                other => out.push((key, other.to_string())),
-            }
-        }
-    }
     let table: toml::Table = toml::from_str(text).context("parsing the configuration")?;
-    let mut pairs = vec![];
-    walk("", &table, &mut pairs);
-    for (k, v) in pairs {
-        base.set(&k, &v)?;
-    }
+    base.set_table(&table)?;
     Ok(base)
+}
+
+/// A duration given in seconds on the command line.
+pub fn seconds(flag: &str, secs: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow::anyhow!("{flag} {secs}: expected a number of seconds >= 0"))
 }
 
 pub fn run(args: &TrainArgs, registry_url: &str) -> Result<()> {
@@ -168,6 +165,9 @@ pub fn run(args: &TrainArgs, registry_url: &str) -> Result<()> {
         resume: args.resume.clone(),
         icp: args.icp.settings(),
         quiet: args.json,
+        mlflow: args.mlflow.clone(),
+        mlflow_wait: seconds("--mlflow-wait", args.mlflow_wait)?,
+        extra_params: vec![],
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -12,6 +12,7 @@ use shared::store::Location;
 
 use crate::evaluate::{evaluate, Embedded, Evaluation, IcpSettings};
 use crate::registry::{Artifact, BlockingRegistry, NewRun, RunGuard, RunId, Status};
+use crate::tracking::{flatten_toml, MlflowRun, RunStatus, TrackingReport};
 use crate::training::{self, StepProgress, TrainObserver, TrialConfig};
 
 /// What to run and where to record it.
@@ -30,6 +31,12 @@ pub struct TrialRequest {
     pub resume: Option<String>,
     pub icp: IcpSettings,
     pub quiet: bool,
+    /// MLflow server to log to as well (None: the registry only).
+    pub mlflow: Option<String>,
+    /// How long the end of the trial waits for MLflow records still queued (server down).
+    pub mlflow_wait: std::time::Duration,
+    /// Params recorded besides the configuration (a sweep's trial id, for example).
+    pub extra_params: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -45,6 +52,8 @@ pub struct TrialReport {
     pub run_dir: String,
     /// The artifacts' URLs in the artifact location, in the order of `artifacts`.
     pub artifact_urls: Vec<String>,
+    /// What reached MLflow (with --mlflow).
+    pub mlflow: Option<TrackingReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +75,7 @@ pub struct TrainingSummary {
 /// Sends metrics to the registry in batches and drives the progress bar.
 struct Recorder<'a> {
     reg: &'a BlockingRegistry,
+    mlflow: Option<&'a MlflowRun>,
     run: RunId,
     pending: Vec<(String, i64, f64)>,
     history: Vec<(u64, String, f64)>,
@@ -96,6 +106,9 @@ impl TrainObserver for Recorder<'_> {
             return;
         }
         self.pending.push((name.to_string(), step as i64, value));
+        if let Some(m) = self.mlflow {
+            m.log_metric(name, step as i64, value);
+        }
         self.history.push((step as u64, name.to_string(), value));
         if name.starts_with("validation") {
             tracing::info!(step, "{name} = {value:.4}");
@@ -145,6 +158,10 @@ pub fn work_dir(artifacts: &Location, run: &RunId) -> PathBuf {
 pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
     let start = Instant::now();
     req.cfg.validate().context("trial configuration")?;
+    if let Some(url) = &req.mlflow {
+        // A bad URL fails now, before a run is recorded.
+        crate::tracking::MlflowClient::new(url)?;
+    }
     // Before anything is recorded, so that a bad location leaves no failed run behind.
     let artifacts = shared::store::open(&req.artifacts)
         .with_context(|| format!("opening artifact location {}", req.artifacts))?;
@@ -201,14 +218,54 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
         .with_context(|| format!("creating run folder {}", run_dir.display()))?;
     tracing::info!(run = %run, "run folder {}", run_dir.display());
     if req.resume.is_none() {
-        let params = [
+        let mut params = vec![
             ("config_toml".to_string(), config_toml.clone()),
             ("dataset".to_string(), req.dataset.clone()),
             ("ncm".to_string(), req.icp.ncm.name().to_string()),
             ("mondrian".to_string(), req.icp.mondrian.to_string()),
         ];
+        params.extend(req.extra_params.iter().cloned());
         reg.block_on(reg.registry().log_params(&run, &params))?;
     }
+    // The full configuration as a file: the run is reproduced from it (`--config`).
+    let config_path = run_dir.join("config.toml");
+    std::fs::write(&config_path, &config_toml)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let mlflow = match &req.mlflow {
+        None => None,
+        Some(url) => {
+            let tags = vec![
+                ("edgecp.run_id".to_string(), run.to_string()),
+                (
+                    "edgecp.registry".to_string(),
+                    crate::registry::redact_url(&req.registry_url),
+                ),
+                (
+                    "edgecp.code_version".to_string(),
+                    crate::registry::code_version(),
+                ),
+                ("edgecp.dataset".to_string(), req.dataset.clone()),
+                ("edgecp.dataset_id".to_string(), manifest.dataset_id.clone()),
+                ("edgecp.dataset_sha256".to_string(), manifest.sha256()),
+                ("edgecp.seed".to_string(), req.cfg.seed.to_string()),
+                (
+                    "edgecp.resumed".to_string(),
+                    req.resume.is_some().to_string(),
+                ),
+                ("mlflow.source.name".to_string(), "trainer".to_string()),
+                ("mlflow.user".to_string(), crate::registry::host_name()),
+            ];
+            let m = MlflowRun::start(url, &req.experiment, &req.name, tags)
+                .with_context(|| format!("MLflow tracking at {url}"))?;
+            let mut params = flatten_toml(&config_toml);
+            params.push(("dataset".to_string(), req.dataset.clone()));
+            params.push(("icp.ncm".to_string(), req.icp.ncm.name().to_string()));
+            params.push(("icp.mondrian".to_string(), req.icp.mondrian.to_string()));
+            params.extend(req.extra_params.iter().cloned());
+            m.log_params(params);
+            Some(m)
+        }
+    };
 
     let bar = if req.quiet {
         indicatif::ProgressBar::hidden()
@@ -225,6 +282,7 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
     };
     let mut rec = Recorder {
         reg: &reg,
+        mlflow: mlflow.as_ref(),
         run: run.clone(),
         pending: vec![],
         history: vec![],
@@ -291,6 +349,7 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
         ("training_curves", curves_png),
         ("embedding_projection", projection_png),
         ("report", report_path.clone()),
+        ("config", config_path.clone()),
     ];
     // Each file keeps its name under `<location>/<run_id>/`.
     let objects = files
@@ -315,6 +374,7 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
         artifacts: files.iter().map(|(_, p)| p.display().to_string()).collect(),
         run_dir: run_dir.display().to_string(),
         artifact_urls: objects.iter().map(|(_, url)| url.clone()).collect(),
+        mlflow: None,
     };
     report.seconds = start.elapsed().as_secs_f64();
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
@@ -359,6 +419,38 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
     reg.block_on(registry.log_final_metrics(&run, &finals))?;
     if let Some(e) = rec.failed {
         bail!("training finished but some per-step metrics could not be recorded: {e}");
+    }
+    if let Some(m) = mlflow {
+        for (k, v) in &finals {
+            m.log_metric(k, outcome.steps as i64, *v);
+        }
+        for (name, path) in &files {
+            let file_name = path
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_else(|| name.to_string());
+            m.log_artifact(&file_name, path.clone());
+        }
+        let tracked = m.finish(RunStatus::Finished, req.mlflow_wait);
+        if tracked.missing.is_empty() {
+            tracing::info!(
+                "MLflow run {} complete ({} metric points, {} files)",
+                tracked.run_id.as_deref().unwrap_or("?"),
+                tracked.metrics_sent,
+                tracked.artifacts_sent
+            );
+        } else {
+            tracing::warn!(
+                "MLflow at {} did not receive: {} (last error: {}); the registry has everything",
+                tracked.url,
+                tracked.missing.join(", "),
+                tracked.last_error.as_deref().unwrap_or("none")
+            );
+        }
+        if let (Some(id), None) = (&tracked.run_id, &req.resume) {
+            reg.block_on(registry.log_params(&run, &[("mlflow_run_id".to_string(), id.clone())]))?;
+        }
+        report.mlflow = Some(tracked);
     }
     reg.block_on(guard.finish(Status::Finished))?;
     Ok(report)

@@ -815,6 +815,149 @@ async fn bundles_recorded(url: &str) {
     reg.close().await;
 }
 
+fn new_sweep(name: &str, n: usize) -> registry::NewSweep {
+    registry::NewSweep {
+        name: name.into(),
+        experiment: "sweeps".into(),
+        dataset: "datasets".into(),
+        spec: "method = \"grid\"".into(),
+        trials: (0..n)
+            .map(|i| registry::NewTrial {
+                overrides: vec![("model.embedding_dim".into(), (8 << i).to_string())],
+                config: format!("seed = {i}"),
+            })
+            .collect(),
+    }
+}
+
+async fn trials_claimed_once(url: &str) {
+    use registry::TrialStatus;
+    let reg = Registry::open(url).await.expect("open");
+    let sweep = reg
+        .create_sweep(&new_sweep("grid-a", 6))
+        .await
+        .expect("sweep");
+    let other = reg
+        .create_sweep(&new_sweep("grid-b", 2))
+        .await
+        .expect("sweep");
+    // names are unique
+    let e = reg.create_sweep(&new_sweep("grid-a", 1)).await.unwrap_err();
+    assert!(e.to_string().contains("\"grid-a\" exists"), "{e}");
+    assert_eq!(reg.sweep_id("grid-a").await.unwrap(), Some(sweep.clone()));
+
+    // concurrent claimers (each its own pool, as separate processes would be) never get
+    // the same trial, and get them in order
+    let mut tasks = vec![];
+    for w in 0..4 {
+        let url = url.to_string();
+        let sweep = sweep.clone();
+        tasks.push(tokio::spawn(async move {
+            let reg = Registry::open_without_reaping(&url).await.expect("open");
+            let mut got = vec![];
+            while let Some(t) = reg
+                .claim_trial(Some(&sweep), &format!("w{w}"), 60_000)
+                .await
+                .expect("claim")
+            {
+                got.push((t.idx, t.id, t.claim, t.config));
+            }
+            reg.close().await;
+            got
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(
+        all.iter().map(|t| t.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4, 5]
+    );
+    assert_eq!(all[3].3, "seed = 3");
+    // the other sweep is untouched
+    let c = reg.trial_counts(Some(&other)).await.unwrap();
+    assert_eq!((c.pending, c.running), (2, 0));
+    let c = reg.trial_counts(Some(&sweep)).await.unwrap();
+    assert_eq!((c.pending, c.running, c.done()), (0, 6, false));
+
+    // only the holder of the claim renews, finishes or fails
+    let (_, id0, claim0, _) = &all[0];
+    assert!(reg.renew_trial(id0, claim0, 60_000).await.unwrap());
+    assert!(!reg.renew_trial(id0, "not-the-claim", 60_000).await.unwrap());
+    assert!(!reg
+        .finish_trial(id0, "not-the-claim", "r", None)
+        .await
+        .unwrap());
+    assert!(reg
+        .finish_trial(id0, claim0, "run0", Some("model0"))
+        .await
+        .unwrap());
+    assert!(
+        !reg.finish_trial(id0, claim0, "run0", Some("model0"))
+            .await
+            .unwrap(),
+        "finished twice"
+    );
+    let (_, id1, claim1, _) = &all[1];
+    assert!(reg.fail_trial(id1, claim1, "boom").await.unwrap());
+
+    // an expired lease is taken again; the old holder can no longer finish it
+    let (_, id2, claim2, _) = &all[2];
+    assert!(reg.renew_trial(id2, claim2, -1).await.unwrap()); // expire it now
+    let again = reg
+        .claim_trial(Some(&sweep), "w9", 60_000)
+        .await
+        .unwrap()
+        .expect("the expired trial");
+    assert_eq!(&again.id, id2);
+    assert_eq!(again.attempts, 2);
+    assert!(!reg.finish_trial(id2, claim2, "stale", None).await.unwrap());
+    assert!(reg
+        .finish_trial(id2, &again.claim, "run2", None)
+        .await
+        .unwrap());
+
+    // a trial abandoned MAX_ATTEMPTS times is failed instead of handed out again
+    let (_, id3, mut claim3, _) = all[3].clone();
+    for attempt in 2..=registry::MAX_ATTEMPTS {
+        assert!(reg.renew_trial(&id3, &claim3, -1).await.unwrap());
+        let t = reg
+            .claim_trial(Some(&sweep), "w9", 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.id.as_str(), t.attempts), (id3.as_str(), attempt));
+        claim3 = t.claim;
+    }
+    assert!(reg.renew_trial(&id3, &claim3, -1).await.unwrap());
+    assert!(reg
+        .claim_trial(Some(&sweep), "w9", 60_000)
+        .await
+        .unwrap()
+        .is_none());
+
+    let rows = reg.trials(&sweep).await.unwrap();
+    let status: Vec<TrialStatus> = rows.iter().map(|r| r.status).collect();
+    use TrialStatus::*;
+    assert_eq!(
+        status,
+        vec![Finished, Failed, Finished, Failed, Running, Running]
+    );
+    assert_eq!(rows[0].run_id.as_deref(), Some("run0"));
+    assert_eq!(rows[0].model_id.as_deref(), Some("model0"));
+    assert_eq!(rows[1].error.as_deref(), Some("boom"));
+    assert!(rows[3].error.as_deref().unwrap().contains("abandoned"));
+    assert_eq!(
+        rows[0].overrides,
+        vec![("model.embedding_dim".to_string(), "8".to_string())]
+    );
+    // any sweep: the other one's trials
+    assert!(reg.claim_trial(None, "w9", 60_000).await.unwrap().is_some());
+    reg.close().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -850,6 +993,7 @@ both_backends!(
     concurrent_writers,
     killed_process,
     bundles_recorded,
+    trials_claimed_once,
 );
 
 // ---------------------------------------------------------------------------------------

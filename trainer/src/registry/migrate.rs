@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "model bundles",
         include_str!("../../migrations/0002_model_bundles.sql"),
     ),
+    (
+        3,
+        "sweeps, trials, devices, rollouts",
+        include_str!("../../migrations/0003_sweeps_trials_fleet.sql"),
+    ),
 ];
 
 /// Newest schema version this binary writes and understands.

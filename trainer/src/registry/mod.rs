@@ -41,6 +41,7 @@ mod blocking;
 mod bundles;
 mod guard;
 mod migrate;
+mod trials;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -60,6 +61,10 @@ pub use bundles::BundleRecord;
 pub use guard::{Heartbeat, RunGuard, HEARTBEAT_EVERY};
 #[allow(unused_imports)]
 pub use migrate::{MIGRATIONS_TABLE, SCHEMA_VERSION};
+#[allow(unused_imports)]
+pub use trials::{
+    ClaimedTrial, NewSweep, NewTrial, TrialCounts, TrialRow, TrialStatus, MAX_ATTEMPTS,
+};
 
 /// URL used when neither `--registry` nor `EDGECP_REGISTRY` is given.
 pub const DEFAULT_URL: &str = "sqlite://runs/registry.db?mode=rwc";

@@ -317,6 +317,15 @@ impl TrialConfig {
         Ok(cfg)
     }
 
+    /// Applies every leaf of a TOML table as `set(path, value)` (a sweep's base, a file
+    /// over the reference recipe).
+    pub fn set_table(&mut self, table: &toml::Table) -> Result<(), ConfigError> {
+        for (k, v) in toml_leaves(table) {
+            self.set(&k, &v)?;
+        }
+        Ok(())
+    }
+
     /// Serialises to TOML (round-trips through [`TrialConfig::from_toml_str`]).
     pub fn to_toml_string(&self) -> String {
         toml::to_string(self).expect("a TrialConfig always serialises")
@@ -465,6 +474,28 @@ impl TrialConfig {
             }
         }
     }
+}
+
+/// The leaves of a TOML table as `(dotted.path, value)`: strings unquoted, other values as
+/// TOML writes them. The form `--set`, MLflow params and sweep specs share.
+pub fn toml_leaves(table: &toml::Table) -> Vec<(String, String)> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<(String, String)>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(inner) => walk(&key, inner, out),
+                toml::Value::String(s) => out.push((key, s.clone())),
+                other => out.push((key, other.to_string())),
+            }
+        }
+    }
+    let mut out = vec![];
+    walk("", table, &mut out);
+    out
 }
 
 #[cfg(test)]
