@@ -232,6 +232,9 @@ impl MlflowClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // MLflow's uvicorn closes idle keep-alive connections after 5 s: reusing one it
+            // has just closed fails the request (seen between training and evaluation).
+            .pool_idle_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| bad(&format!("cannot build an HTTP client: {e}")))?;
