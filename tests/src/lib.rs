@@ -63,17 +63,38 @@ pub fn data_dir() -> PathBuf {
     dir
 }
 
-/// Credentials of the test S3 server.
+/// Credentials of the s3s-fs test server.
 pub const S3_KEY: &str = "edgecp-test";
 pub const S3_SECRET: &str = "edgecp-test-secret";
+/// Credentials of the Garage test server (Garage wants `GK` + 24 hex digits and 64 hex digits).
+pub const GARAGE_KEY: &str = "GK0123456789abcdef01234567";
+pub const GARAGE_SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// A real S3 server process on loopback: s3s-fs serving a temporary folder (each
-/// subfolder a bucket). scripts/test.sh installs and caches the binary and exports
-/// `EDGECP_S3S_FS`; without either, [`S3Server::start`] panics saying so.
+/// Which S3 server a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Kind {
+    /// s3s-fs: light, serves a folder (each subfolder a bucket); lenient where production
+    /// servers are not (a missing bucket reads as NoSuchKey, a write creates the bucket).
+    S3sFs,
+    /// Garage: a production S3 server (single node, SQLite metadata); strict about buckets,
+    /// keys and permissions.
+    Garage,
+}
+
+/// A real S3 server process on loopback. scripts/test.sh installs and caches both
+/// binaries and exports `EDGECP_S3S_FS` and `EDGECP_GARAGE`; without them,
+/// [`S3Server::start_kind`] panics saying so.
 pub struct S3Server {
     child: std::process::Child,
+    pub kind: S3Kind,
     pub endpoint: String,
+    /// s3s-fs: the served folder (objects are files under `<bucket>/<key>`); Garage: its
+    /// configuration, metadata and data.
     pub root: tempfile::TempDir,
+    pub key: String,
+    pub secret: String,
+    /// Garage: the binary and its configuration file, for `garage -c CONFIG ...`.
+    garage: Option<(PathBuf, PathBuf)>,
 }
 
 impl Drop for S3Server {
@@ -83,26 +104,55 @@ impl Drop for S3Server {
     }
 }
 
-impl S3Server {
-    pub fn start() -> S3Server {
-        let bin = std::env::var_os("EDGECP_S3S_FS")
+fn cached_binary(var: &str, default: &str, what: &str) -> PathBuf {
+    let bin = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
-                home.join(".cache/edgecp/s3s-fs-0.14.1/bin/s3s-fs")
-            });
+            .unwrap_or_default();
+        home.join(".cache/edgecp").join(default)
+    });
+    assert!(
+        bin.is_file(),
+        "no {what} binary at {}: run scripts/test.sh (it installs it) or set {var}",
+        bin.display()
+    );
+    bin
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            bin.is_file(),
-            "no S3 server binary at {}: run scripts/test.sh (it installs s3s-fs) or set EDGECP_S3S_FS",
-            bin.display()
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{what} did not listen on {port}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+impl S3Server {
+    /// An s3s-fs server (the lenient one; objects visible as files under `root`).
+    pub fn start() -> S3Server {
+        S3Server::start_kind(S3Kind::S3sFs)
+    }
+
+    /// A Garage server with one node, a key and no bucket yet.
+    pub fn garage() -> S3Server {
+        S3Server::start_kind(S3Kind::Garage)
+    }
+
+    pub fn start_kind(kind: S3Kind) -> S3Server {
+        match kind {
+            S3Kind::S3sFs => S3Server::start_s3s_fs(),
+            S3Kind::Garage => S3Server::start_garage(),
+        }
+    }
+
+    fn start_s3s_fs() -> S3Server {
+        let bin = cached_binary("EDGECP_S3S_FS", "s3s-fs-0.14.1/bin/s3s-fs", "s3s-fs");
         let root = tempfile::tempdir().expect("temporary folder");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let child = Command::new(&bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
@@ -111,31 +161,144 @@ impl S3Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let t0 = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < std::time::Duration::from_secs(10),
-                "s3s-fs did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_port(port, "s3s-fs", Path::new("/dev/null"));
         S3Server {
             child,
+            kind: S3Kind::S3sFs,
             endpoint: format!("http://127.0.0.1:{port}"),
             root,
+            key: S3_KEY.into(),
+            secret: S3_SECRET.into(),
+            garage: None,
         }
     }
 
-    /// Creates a bucket.
+    fn start_garage() -> S3Server {
+        let bin = cached_binary("EDGECP_GARAGE", "garage-2.5.0/bin/garage", "Garage");
+        let root = tempfile::tempdir().expect("temporary folder");
+        let (s3_port, rpc_port) = (free_port(), free_port());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let secret = format!(
+            "{:032x}{:032x}",
+            nanos,
+            u128::from(std::process::id()) << 64 | nanos
+        );
+        let dir = root.path();
+        let config = dir.join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"sqlite\"\n\
+                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
+                 rpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{secret}\"\n\
+                 [s3_api]\ns3_region = \"us-east-1\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n",
+                meta = dir.join("meta").display(),
+                data = dir.join("data").display(),
+            ),
+        )
+        .expect("garage.toml");
+        let log = dir.join("garage.log");
+        let out = std::fs::File::create(&log).expect("garage log");
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(out.try_clone().expect("garage log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut server = S3Server {
+            child,
+            kind: S3Kind::Garage,
+            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            root,
+            key: GARAGE_KEY.into(),
+            secret: GARAGE_SECRET.into(),
+            garage: Some((bin, config)),
+        };
+        wait_for_port(rpc_port, "garage (RPC)", &log);
+        // one node, one zone, a layout applied; then the test key
+        let t0 = std::time::Instant::now();
+        let node = loop {
+            let status = server.garage_cli(&["status"]);
+            if let Some(id) = status
+                .lines()
+                .find(|l| l.contains("NO ROLE ASSIGNED"))
+                .and_then(|l| l.split_whitespace().next())
+            {
+                break id.to_string();
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "garage never reported its node: {status}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        server.garage_cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        server.garage_cli(&["layout", "apply", "--version", "1"]);
+        server.garage_cli(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "test",
+            GARAGE_KEY,
+            GARAGE_SECRET,
+        ]);
+        wait_for_port(s3_port, "garage (S3)", &log);
+        let _ = server.child.try_wait().map(|s| {
+            assert!(
+                s.is_none(),
+                "garage exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        server
+    }
+
+    /// `garage -c CONFIG ARGS...`; panics with its output when it fails.
+    fn garage_cli(&self, args: &[&str]) -> String {
+        let (bin, config) = self.garage.as_ref().expect("a Garage server");
+        let o = Command::new(bin)
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap_or_else(|e| panic!("running garage {args:?}: {e}"));
+        assert!(
+            o.status.success(),
+            "garage {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Creates a bucket the test key may read and write.
     pub fn bucket(&self, name: &str) {
-        std::fs::create_dir_all(self.root.path().join(name)).expect("bucket folder");
+        match self.kind {
+            S3Kind::S3sFs => {
+                std::fs::create_dir_all(self.root.path().join(name)).expect("bucket folder")
+            }
+            S3Kind::Garage => {
+                self.garage_cli(&["bucket", "create", name]);
+                self.garage_cli(&[
+                    "bucket", "allow", "--read", "--write", "--owner", name, "--key", "test",
+                ]);
+            }
+        }
     }
 
     /// The environment our programs read S3 settings from (object_store's names).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ACCESS_KEY_ID", S3_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.into()),
+            ("AWS_ACCESS_KEY_ID", self.key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_ALLOW_HTTP", "true".into()),
             ("AWS_REGION", "us-east-1".into()),
@@ -149,7 +312,7 @@ impl S3Server {
             &[
                 ("aws_endpoint", &self.endpoint),
                 ("aws_allow_http", "true"),
-                ("aws_access_key_id", S3_KEY),
+                ("aws_access_key_id", &self.key),
                 ("aws_secret_access_key", secret),
                 ("aws_region", "us-east-1"),
             ],
@@ -318,8 +481,8 @@ impl MlflowServer {
                 &format!("{}/proxied", artifact_root.trim_end_matches('/')),
             ])
             .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", S3_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("AWS_ACCESS_KEY_ID", &s3.key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .current_dir(dir.path())
             .stdout(out)
@@ -381,8 +544,8 @@ impl MlflowServer {
             .arg(&script)
             .args(["--tracking-uri", &self.url, "--experiment", experiment])
             .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", S3_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("AWS_ACCESS_KEY_ID", &s3.key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .output()
             .expect("running scripts/py/mlflow_runs.py");

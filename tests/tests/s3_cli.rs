@@ -1,14 +1,53 @@
-//! The programs with every location on a real S3 server (s3s-fs on loopback, settings from
-//! the standard AWS_* environment): `trainer ingest` writes a dataset version to S3,
-//! `trainer train` reads it from there and uploads its artifacts, `exporter bundle` reads
-//! the run's weights back from S3 and uploads the signed bundle, and `edge-agent` serves
-//! that bundle once downloaded.
+//! The programs with every location on a real S3 server (Garage, and s3s-fs, on loopback;
+//! settings from the standard AWS_* environment): `trainer ingest` writes a dataset version
+//! to S3, `trainer train` reads it from there and uploads its artifacts, `exporter bundle`
+//! reads the run's weights back from S3 and uploads the signed bundle, and `edge-agent`
+//! verifies that bundle once downloaded from the server.
 
-use tests::{last_json, run_env, S3Server};
+use object_store::ObjectStoreExt;
+use tests::{last_json, run_env, S3Kind, S3Server};
+
+/// Downloads every object under `loc` (recursively) into `dir`.
+fn download(loc: &shared::store::Location, dir: &std::path::Path) -> usize {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut n = 0;
+        let mut todo = vec![loc.prefix.clone()];
+        while let Some(prefix) = todo.pop() {
+            let listed = loc.store.list_with_delimiter(Some(&prefix)).await.unwrap();
+            todo.extend(listed.common_prefixes);
+            for o in listed.objects {
+                let rel = o.location.as_ref()[loc.prefix.as_ref().len()..].trim_start_matches('/');
+                let path = dir.join(rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                let bytes = loc
+                    .store
+                    .get(&o.location)
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+                n += 1;
+            }
+        }
+        n
+    })
+}
 
 #[test]
-fn datasets_artifacts_and_bundles_go_through_s3() {
-    let s3 = S3Server::start();
+fn garage_datasets_artifacts_and_bundles_go_through_s3() {
+    through_s3(S3Kind::Garage);
+}
+
+#[test]
+fn s3s_fs_datasets_artifacts_and_bundles_go_through_s3() {
+    through_s3(S3Kind::S3sFs);
+}
+
+fn through_s3(kind: S3Kind) {
+    let s3 = S3Server::start_kind(kind);
     for b in ["datasets", "artifacts", "models"] {
         s3.bucket(b);
     }
@@ -29,14 +68,10 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
         work.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(s3
-        .root
-        .path()
-        .join("datasets")
-        .read_dir()
-        .unwrap()
-        .next()
-        .is_some());
+    let fetched = tempfile::tempdir().unwrap();
+    let n = download(&s3.open("s3://datasets/signs", &s3.secret), fetched.path());
+    assert!(n >= 4, "{n} objects in s3://datasets/signs");
+    assert!(fetched.path().join("LATEST").is_file());
 
     let registry = format!("sqlite://{w}/registry.db?mode=rwc");
     let o = run_env(
@@ -101,17 +136,13 @@ fn datasets_artifacts_and_bundles_go_through_s3() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let b = last_json(&o);
     let model_id = b["model_id"].as_str().unwrap();
-    // the uploaded bundle, byte for byte, is what the device verifies and serves
-    let uploaded = s3
-        .root
-        .path()
-        .join(format!("models/fleet/models/{model_id}"));
-    let dir = if uploaded.is_dir() {
-        uploaded
-    } else {
-        // s3s-fs may keep objects under other names: download through the agent's path
-        panic!("bundle not found at {}", uploaded.display());
-    };
+    // the uploaded bundle, byte for byte, is what the device verifies
+    let dir = fetched.path().join("bundle");
+    let n = download(
+        &s3.open(&format!("s3://models/fleet/models/{model_id}"), &s3.secret),
+        &dir,
+    );
+    assert!(n >= 4, "{n} objects in the uploaded bundle");
     let o = run_env(
         "edge-agent",
         &[
