@@ -250,13 +250,12 @@ impl S3Server {
             GARAGE_SECRET,
         ]);
         wait_for_port(s3_port, "garage (S3)", &log);
-        let _ = server.child.try_wait().map(|s| {
-            assert!(
-                s.is_none(),
-                "garage exited: {}",
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!(
+                "garage exited ({status}): {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+            );
+        }
         server
     }
 

@@ -408,8 +408,7 @@ fn show(name: &str, registry_url: &str, json: bool) -> Result<()> {
             t.run_id.as_deref().unwrap_or("-"),
             t.model_id
                 .as_deref()
-                .map(|m| &m[..m.len().min(16)])
-                .unwrap_or("-"),
+                .map_or("-".to_string(), |m| m.chars().take(16).collect()),
             kv.join(" "),
             t.error
                 .as_deref()
