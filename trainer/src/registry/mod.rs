@@ -630,7 +630,7 @@ impl Registry {
         &self,
         table: &'static str,
         op: &'static str,
-    ) -> impl FnOnce(sqlx::Error) -> RegistryError + '_ {
+    ) -> impl Fn(sqlx::Error) -> RegistryError + Copy + '_ {
         move |source| RegistryError::Query {
             url: self.url.clone(),
             table,

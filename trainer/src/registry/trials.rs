@@ -340,12 +340,7 @@ impl Registry {
         .fetch_one(self.pool())
         .await
         .map_err(self.err("trials", "select claimed"))?;
-        let get = |e: sqlx::Error| RegistryError::Query {
-            url: self.url.clone(),
-            table: "trials",
-            op: "decode",
-            source: e,
-        };
+        let get = self.err("trials", "decode");
         let overrides: String = row.try_get(6).map_err(get)?;
         Ok(ClaimedTrial {
             id: row.try_get(0).map_err(get)?,
@@ -471,12 +466,7 @@ impl Registry {
         .map_err(self.err("trials", "select"))?;
         rows.iter()
             .map(|row| {
-                let get = |e: sqlx::Error| RegistryError::Query {
-                    url: self.url.clone(),
-                    table: "trials",
-                    op: "decode",
-                    source: e,
-                };
+                let get = self.err("trials", "decode");
                 let overrides: String = row.try_get(3).map_err(get)?;
                 let status: String = row.try_get(4).map_err(get)?;
                 Ok(TrialRow {

@@ -154,19 +154,18 @@ impl Run {
             .map(|m| m.value)
     }
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.data
-            .params
-            .iter()
-            .find(|p| p.key == key)
-            .map(|p| p.value.as_str())
+        value_of(&self.data.params, key)
     }
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.data
-            .tags
-            .iter()
-            .find(|p| p.key == key)
-            .map(|p| p.value.as_str())
+        value_of(&self.data.tags, key)
     }
+}
+
+fn value_of<'a>(pairs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|p| p.key == key)
+        .map(|p| p.value.as_str())
 }
 
 /// One file or folder in a run's artifacts.
