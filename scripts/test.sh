@@ -57,10 +57,21 @@ if [ ! -x "$GARAGE_ROOT/bin/garage" ]; then
 fi
 export EDGECP_GARAGE=$GARAGE_ROOT/bin/garage
 
+step "Azurite, the Azure Blob Storage emulator the Azure tests run against (npm, cached under $EDGECP_CACHE)"
+AZURITE_LOCK=$(sha256sum scripts/azurite/package-lock.json | cut -c1-12)
+AZURITE_ROOT=$EDGECP_CACHE/azurite-3.37.0-$AZURITE_LOCK  # keyed by the lock file
+if [ ! -x "$AZURITE_ROOT/node_modules/.bin/azurite-blob" ] || [ ! -f "$AZURITE_ROOT/.complete" ]; then
+  rm -rf "$AZURITE_ROOT" && mkdir -p "$AZURITE_ROOT"
+  cp scripts/azurite/package.json scripts/azurite/package-lock.json "$AZURITE_ROOT/"
+  (cd "$AZURITE_ROOT" && npm ci --no-audit --no-fund --loglevel=error) >&2
+  touch "$AZURITE_ROOT/.complete"
+fi
+export EDGECP_AZURITE=$AZURITE_ROOT/node_modules/.bin/azurite-blob
+
 step "MLflow tracking server for the tracking tests (venv from scripts/requirements-mlflow.txt)"
 EDGECP_MLFLOW_PYTHON=$(scripts/pyenv.sh scripts/requirements-mlflow.txt)
 export EDGECP_MLFLOW_PYTHON
-"$EDGECP_MLFLOW_PYTHON" -c 'import mlflow, pymysql, boto3; print("mlflow", mlflow.__version__, "with pymysql and boto3")' >&2
+"$EDGECP_MLFLOW_PYTHON" -c 'import mlflow, pymysql, boto3, azure.storage.blob; print("mlflow", mlflow.__version__, "with pymysql, boto3 and azure-storage-blob")' >&2
 command -v mysql >/dev/null || echo "warning: no mysql client: the tests that prepare MariaDB databases will fail and say so (apt-get install mariadb-client)" >&2
 
 step "deployment files: docker-compose (Debian's, for \`config\`) and the checker's venv"

@@ -1,12 +1,24 @@
 //! Object-store locations: where datasets, run artifacts and bundles live.
 //!
 //! Everything is written through the `object_store` crate so that the local filesystem
-//! (the embedded default) and S3-compatible servers share one code path. A location is a
-//! plain directory path or a URL: `file:///...`, or `s3://BUCKET/PREFIX` for AWS S3 and any
-//! S3-compatible server (MinIO, Garage, s3s), configured by the standard environment
-//! variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`
-//! (a custom server; requests are path-style unless `AWS_VIRTUAL_HOSTED_STYLE_REQUEST` is
-//! true) and `AWS_ALLOW_HTTP` (a plain-HTTP endpoint).
+//! (the embedded default) and cloud stores share one code path. A location is a plain
+//! directory path or a URL:
+//!
+//! - `file:///...`: a local directory;
+//! - `s3://BUCKET/PREFIX`: AWS S3 and any S3-compatible server (MinIO, Garage, s3s),
+//!   configured by the standard environment variables `AWS_ACCESS_KEY_ID`,
+//!   `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL` (a custom server; requests
+//!   are path-style unless `AWS_VIRTUAL_HOSTED_STYLE_REQUEST` is true) and `AWS_ALLOW_HTTP`
+//!   (a plain-HTTP endpoint);
+//! - `az://CONTAINER/PREFIX`, `azure://...`, `abfs[s]://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX`
+//!   and MLflow's `wasb[s]://CONTAINER@ACCOUNT.blob.core.windows.net/PREFIX`: Azure Blob
+//!   Storage, configured by `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY` (or
+//!   `AZURE_STORAGE_SAS_KEY`, `AZURE_STORAGE_CLIENT_ID`/`_SECRET`/`AZURE_STORAGE_TENANT_ID`,
+//!   ...) and, for the Azurite emulator, `AZURE_STORAGE_USE_EMULATOR=true` with
+//!   `AZURITE_BLOB_STORAGE_URL`;
+//! - `gs://BUCKET/PREFIX`: Google Cloud Storage, configured by `GOOGLE_SERVICE_ACCOUNT`
+//!   (a key file), `GOOGLE_SERVICE_ACCOUNT_KEY` (its JSON), application default
+//!   credentials, or the instance's metadata server.
 //!
 //! Besides opening locations, this module names objects by URL ([`object_url`]) and
 //! uploads local files into a location ([`upload_file`]), hashing them on the way.
@@ -16,11 +28,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
-use url::Url;
+use url::{Position, Url};
 
 /// Files larger than this are uploaded in parts ([`ObjectStoreExt::put_multipart`]).
 pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -64,7 +78,7 @@ pub enum Root {
     /// A local directory, absolute and canonical: the store's object `a/b` is `<dir>/a/b`.
     Dir(PathBuf),
     /// A remote store's base URL without a trailing `/`, e.g. `s3://bucket` (object
-    /// `a/b` is `s3://bucket/a/b`).
+    /// `a/b` is `s3://bucket/a/b`) or `abfss://container@account.dfs.core.windows.net`.
     Url(String),
 }
 
@@ -113,15 +127,57 @@ impl Location {
 }
 
 /// Opens a directory path or URL. Local directories are created if missing, so that a
-/// first `--out DIR` works. S3 settings come from the environment (see the module docs).
+/// first `--out DIR` works. Cloud settings come from the environment (see the module docs).
 pub fn open(location: &str) -> Result<Location, StoreError> {
     open_with_options(location, &[])
 }
 
-/// [`open`] with S3 settings that override the environment's: `object_store`'s
-/// `AmazonS3ConfigKey` names (`aws_access_key_id`, `aws_secret_access_key`, `aws_endpoint`,
-/// `aws_allow_http`, `aws_region`, ...) and their values. Ignored for local locations.
-pub fn open_with_options(location: &str, s3: &[(&str, &str)]) -> Result<Location, StoreError> {
+/// The cloud services a location URL can name, by scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cloud {
+    S3,
+    Azure,
+    Gcs,
+}
+
+impl Cloud {
+    fn of(scheme: &str) -> Option<Cloud> {
+        match scheme {
+            "s3" | "s3a" => Some(Cloud::S3),
+            "az" | "azure" | "abfs" | "abfss" | "wasb" | "wasbs" => Some(Cloud::Azure),
+            "gs" => Some(Cloud::Gcs),
+            _ => None,
+        }
+    }
+
+    /// How a URL of this service is written, for messages.
+    fn example(self) -> &'static str {
+        match self {
+            Cloud::S3 => "s3://BUCKET/PREFIX",
+            Cloud::Azure => {
+                "az://CONTAINER/PREFIX or abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX"
+            }
+            Cloud::Gcs => "gs://BUCKET/PREFIX",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Cloud::S3 => "S3",
+            Cloud::Azure => "Azure",
+            Cloud::Gcs => "GCS",
+        }
+    }
+}
+
+/// [`open`] with cloud settings that override the environment's, as `object_store`'s
+/// configuration key names of the location's service and their values:
+/// `AmazonS3ConfigKey` names for `s3://` (`aws_access_key_id`, `aws_secret_access_key`,
+/// `aws_endpoint`, `aws_allow_http`, `aws_region`, ...), `AzureConfigKey` names for Azure
+/// URLs (`azure_storage_account_name`, `azure_storage_account_key`,
+/// `azure_storage_use_emulator`, ...), `GoogleConfigKey` names for `gs://`
+/// (`google_service_account`, `google_base_url`, ...). Ignored for local locations.
+pub fn open_with_options(location: &str, options: &[(&str, &str)]) -> Result<Location, StoreError> {
     let err = |what: String| StoreError::Location {
         location: location.to_string(),
         what,
@@ -131,46 +187,109 @@ pub fn open_with_options(location: &str, s3: &[(&str, &str)]) -> Result<Location
         return open_dir(std::path::Path::new(location), location);
     }
     let url = Url::parse(location).map_err(|e| err(format!("not a valid URL: {e}")))?;
-    match url.scheme() {
-        "file" => {
-            let path = url
-                .to_file_path()
-                .map_err(|_| err("file URL without an absolute path".into()))?;
-            open_dir(&path, location)
-        }
-        "s3" => open_s3(&url, location, s3),
-        other => Err(err(format!(
-            "unsupported scheme {other:?}: use a directory, a file:// URL or s3://BUCKET/PREFIX"
-        ))),
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|_| err("file URL without an absolute path".into()))?;
+        return open_dir(&path, location);
     }
+    let cloud = Cloud::of(url.scheme()).ok_or_else(|| {
+        err(format!(
+            "unsupported scheme {:?}: use a directory, a file:// URL, s3://BUCKET/PREFIX, \
+             az://CONTAINER/PREFIX (or abfss://, wasbs://) or gs://BUCKET/PREFIX",
+            url.scheme()
+        ))
+    })?;
+    open_cloud(cloud, &url, location, options)
 }
 
-fn open_s3(url: &Url, location: &str, options: &[(&str, &str)]) -> Result<Location, StoreError> {
+/// `options` as `object_store` configuration keys of type `K`.
+fn config_keys<'a, K>(
+    cloud: Cloud,
+    options: &[(&str, &'a str)],
+    location: &str,
+) -> Result<Vec<(K, &'a str)>, StoreError>
+where
+    K: std::str::FromStr,
+    K::Err: std::fmt::Display,
+{
+    options
+        .iter()
+        .map(|(key, value)| {
+            key.parse::<K>()
+                .map(|k| (k, *value))
+                .map_err(|e| StoreError::Location {
+                    location: location.to_string(),
+                    what: format!("{} setting {key:?}: {e}", cloud.name()),
+                })
+        })
+        .collect()
+}
+
+fn open_cloud(
+    cloud: Cloud,
+    url: &Url,
+    location: &str,
+    options: &[(&str, &str)],
+) -> Result<Location, StoreError> {
     let err = |what: String| StoreError::Location {
         location: location.to_string(),
         what,
     };
-    let bucket = url
-        .host_str()
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| err("no bucket: write s3://BUCKET/PREFIX".into()))?;
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    for (key, value) in options {
-        let key = key
-            .parse()
-            .map_err(|e| err(format!("S3 setting {key:?}: {e}")))?;
-        builder = builder.with_config(key, *value);
-    }
-    let store = builder.build().map_err(|source| StoreError::Backend {
+    let backend = |source| StoreError::Backend {
         location: location.to_string(),
         source,
-    })?;
-    let prefix = join_parts(&Path::default(), url.path());
+    };
+    // the bucket (S3, GCS) or container (Azure): the host, or the user of abfs/wasb URLs
+    let container = if url.username().is_empty() {
+        url.host_str().unwrap_or_default()
+    } else {
+        url.username()
+    };
+    if container.is_empty() {
+        let what = if cloud == Cloud::Azure {
+            "container"
+        } else {
+            "bucket"
+        };
+        return Err(err(format!("no {what}: write {}", cloud.example())));
+    }
+    // the service's part of the URL: everything before the path, kept as written
+    let base = &url[..Position::BeforePath];
+    let store: Arc<dyn ObjectStore> = match cloud {
+        Cloud::S3 => {
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(container);
+            for (k, v) in config_keys(cloud, options, location)? {
+                b = b.with_config(k, v);
+            }
+            Arc::new(b.build().map_err(backend)?)
+        }
+        Cloud::Azure => {
+            // object_store reads abfs[s]:// with a blob or dfs host; MLflow's wasb[s]://
+            // names the same container and account
+            let url_for_builder = match url.scheme() {
+                "wasb" | "wasbs" => format!("abfss://{}", &url[Position::BeforeUsername..]),
+                _ => url.to_string(),
+            };
+            let mut b = MicrosoftAzureBuilder::from_env().with_url(url_for_builder);
+            for (k, v) in config_keys(cloud, options, location)? {
+                b = b.with_config(k, v);
+            }
+            Arc::new(b.build().map_err(backend)?)
+        }
+        Cloud::Gcs => {
+            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(container);
+            for (k, v) in config_keys(cloud, options, location)? {
+                b = b.with_config(k, v);
+            }
+            Arc::new(b.build().map_err(backend)?)
+        }
+    };
     Ok(Location {
-        store: Arc::new(store),
-        prefix,
+        store,
+        prefix: join_parts(&Path::default(), url.path()),
         display: location.to_string(),
-        root: Root::Url(format!("s3://{bucket}")),
+        root: Root::Url(base.to_string()),
     })
 }
 
@@ -362,46 +481,51 @@ impl ChunkReader {
 }
 
 /// Reads the whole object at `url`: a URL as [`object_url`] makes it (`file:///...`,
-/// `s3://BUCKET/KEY` with the environment's S3 settings), or a
-/// local path. The object's own directory is opened as the location, so a URL from the
-/// registry is enough.
+/// `s3://BUCKET/KEY`, `az://CONTAINER/KEY`, `gs://BUCKET/KEY`, ... with the environment's
+/// settings), or a local path. The object's bucket (a remote store) or its own directory
+/// (a local file) is opened as the location, so a URL from the registry is enough.
 pub async fn read_url(url: &str) -> Result<Vec<u8>, StoreError> {
     let err = |what: String| StoreError::Location {
         location: url.to_string(),
         what,
     };
-    let (loc, object) = if url.starts_with("s3://") {
-        // the bucket is the location, the rest of the URL the object
-        let parsed = Url::parse(url).map_err(|e| err(format!("not a valid URL: {e}")))?;
-        let bucket = parsed.host_str().unwrap_or_default();
-        let loc = open(&format!("s3://{bucket}"))?;
-        let object = loc.child(parsed.path());
-        if object.as_ref().is_empty() {
-            return Err(err("names no object".into()));
-        }
-        (loc, object)
+    let parsed = if url.contains("://") {
+        Some(Url::parse(url).map_err(|e| err(format!("not a valid URL: {e}")))?)
     } else {
-        let file = if url.contains("://") {
-            let parsed = Url::parse(url).map_err(|e| err(format!("not a valid URL: {e}")))?;
-            if parsed.scheme() != "file" {
+        None
+    };
+    let (loc, object) = match parsed {
+        Some(parsed) if parsed.scheme() != "file" => {
+            if Cloud::of(parsed.scheme()).is_none() {
                 return Err(err(format!(
-                    "unsupported scheme {:?}: this build reads local paths, file:// and s3:// URLs",
+                    "unsupported scheme {:?}: this build reads local paths and file://, s3://, \
+                     az://, abfs[s]://, wasb[s]:// and gs:// URLs",
                     parsed.scheme()
                 )));
             }
-            parsed
-                .to_file_path()
-                .map_err(|_| err("file URL without an absolute path".into()))?
-        } else {
-            PathBuf::from(url)
-        };
-        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
-            return Err(err("names no file".into()));
-        };
-        let dir_text = dir.display().to_string();
-        let loc = open_dir(dir, &dir_text)?;
-        let object = loc.child(&name.to_string_lossy());
-        (loc, object)
+            // the bucket is the location, the rest of the URL the object
+            let loc = open(&parsed[..Position::BeforePath])?;
+            let object = loc.child(parsed.path());
+            if object.as_ref().is_empty() {
+                return Err(err("names no object".into()));
+            }
+            (loc, object)
+        }
+        parsed => {
+            let file = match parsed {
+                Some(parsed) => parsed
+                    .to_file_path()
+                    .map_err(|_| err("file URL without an absolute path".into()))?,
+                None => PathBuf::from(url),
+            };
+            let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+                return Err(err("names no file".into()));
+            };
+            let dir_text = dir.display().to_string();
+            let loc = open_dir(dir, &dir_text)?;
+            let object = loc.child(&name.to_string_lossy());
+            (loc, object)
+        }
     };
     let backend = |source| StoreError::Backend {
         location: url.to_string(),
@@ -409,4 +533,91 @@ pub async fn read_url(url: &str) -> Result<Vec<u8>, StoreError> {
     };
     let got = loc.store.get(&object).await.map_err(backend)?;
     Ok(got.bytes().await.map_err(backend)?.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Azure location with explicit credentials (no environment, no request made).
+    fn azure(location: &str) -> Result<Location, StoreError> {
+        open_with_options(
+            location,
+            &[
+                ("azure_storage_account_name", "acct"),
+                ("azure_storage_account_key", "a2V5"),
+            ],
+        )
+    }
+
+    #[test]
+    fn azure_urls_name_their_container_prefix_and_objects() {
+        let loc = azure("az://models/fleet/v1").unwrap();
+        assert_eq!(loc.root, Root::Url("az://models".into()));
+        assert_eq!(loc.prefix.as_ref(), "fleet/v1");
+        assert_eq!(
+            object_url(&loc, &loc.child("a/b.bin")).unwrap(),
+            "az://models/fleet/v1/a/b.bin"
+        );
+
+        let loc = azure("abfss://models@acct.dfs.core.windows.net/fleet").unwrap();
+        assert_eq!(
+            loc.root,
+            Root::Url("abfss://models@acct.dfs.core.windows.net".into())
+        );
+        assert_eq!(loc.prefix.as_ref(), "fleet");
+        assert!(loc.local_dir().is_none());
+
+        // MLflow's artifact URIs for Azure
+        let loc = azure("wasbs://mlflow@acct.blob.core.windows.net/1/abc/artifacts").unwrap();
+        assert_eq!(
+            object_url(&loc, &loc.child("model.safetensors")).unwrap(),
+            "wasbs://mlflow@acct.blob.core.windows.net/1/abc/artifacts/model.safetensors"
+        );
+    }
+
+    #[test]
+    fn gcs_urls_name_their_bucket_prefix_and_objects() {
+        let loc = open_with_options("gs://edgecp/runs", &[("google_bearer_token", "t")]).unwrap();
+        assert_eq!(loc.root, Root::Url("gs://edgecp".into()));
+        assert_eq!(
+            object_url(&loc, &loc.child("r1/report.json")).unwrap(),
+            "gs://edgecp/runs/r1/report.json"
+        );
+    }
+
+    #[test]
+    fn cloud_urls_without_a_bucket_or_with_unknown_settings_are_refused() {
+        for (url, want) in [
+            ("s3:///x", "no bucket: write s3://BUCKET/PREFIX"),
+            ("gs:///x", "no bucket: write gs://BUCKET/PREFIX"),
+            ("az:///x", "no container: write az://CONTAINER/PREFIX"),
+        ] {
+            let e = open(url).unwrap_err().to_string();
+            assert!(e.contains(url) && e.contains(want), "{url}: {e}");
+        }
+        let e = open_with_options("az://c/x", &[("aws_region", "us-east-1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Azure setting \"aws_region\""), "{e}");
+        let e = open("ftp://host/x").unwrap_err().to_string();
+        assert!(
+            e.contains("unsupported scheme \"ftp\"") && e.contains("gs://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn read_url_refuses_unknown_schemes_and_bucket_urls() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(read_url("ftp://h/x")).unwrap_err().to_string();
+        assert!(e.contains("unsupported scheme \"ftp\""), "{e}");
+        let e = rt
+            .block_on(read_url("gs://bucket"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no object"), "{e}");
+    }
 }

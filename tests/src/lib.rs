@@ -320,6 +320,180 @@ impl S3Server {
     }
 }
 
+/// Azurite's development account and its key: public, the same in every Azurite install.
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Azurite, Microsoft's Azure Storage emulator (its blob service, from npm), on loopback.
+/// scripts/test.sh installs and caches it and exports `EDGECP_AZURITE` (the
+/// `azurite-blob` launcher); containers are created with Azure's own Python client
+/// (scripts/py/azure_blob.py in the MLflow venv), since object_store cannot create them.
+pub struct AzuriteServer {
+    child: std::process::Child,
+    /// The account's blob URL, `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub endpoint: String,
+    /// The server's own URL (`AZURITE_BLOB_STORAGE_URL`), without the account.
+    pub url: String,
+    _root: tempfile::TempDir,
+}
+
+impl Drop for AzuriteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AzuriteServer {
+    pub fn start() -> AzuriteServer {
+        let bin = cached_binary(
+            "EDGECP_AZURITE",
+            "azurite-3.37.0/node_modules/.bin/azurite-blob",
+            "Azurite",
+        );
+        let root = tempfile::tempdir().expect("temporary folder");
+        let port = free_port();
+        let log = root.path().join("azurite.log");
+        let out = std::fs::File::create(&log).expect("azurite log");
+        let child = Command::new(&bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(root.path().join("data"))
+            .arg("--debug")
+            .arg(root.path().join("debug.log"))
+            .arg("--skipApiVersionCheck")
+            .stdout(out.try_clone().expect("azurite log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        wait_for_port(port, "azurite", &log);
+        let url = format!("http://127.0.0.1:{port}");
+        AzuriteServer {
+            child,
+            endpoint: format!("{url}/{AZURITE_ACCOUNT}"),
+            url,
+            _root: root,
+        }
+    }
+
+    /// Runs scripts/py/azure_blob.py (Azure's Python client) against this server.
+    pub fn client(&self, args: &[&str]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/azure_blob.py");
+        let o = Command::new(mlflow_python())
+            .arg(&script)
+            .args([self.endpoint.as_str(), AZURITE_ACCOUNT, AZURITE_KEY])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            o.status.success(),
+            "azure_blob.py {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn container(&self, name: &str) {
+        self.client(&["create-container", name]);
+    }
+
+    /// The environment our programs read Azure settings from, as a user of Azurite
+    /// writes it (object_store's emulator switch; the development account's key).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+            ("AZURITE_BLOB_STORAGE_URL", self.url.clone()),
+        ]
+    }
+
+    /// A location on this server with `key` as the account key, configured the way a
+    /// custom Azure endpoint is (account, key, endpoint), not through the emulator switch.
+    pub fn open(&self, location: &str, key: &str) -> shared::store::Location {
+        shared::store::open_with_options(
+            location,
+            &[
+                ("azure_storage_account_name", AZURITE_ACCOUNT),
+                ("azure_storage_account_key", key),
+                ("azure_storage_endpoint", &self.endpoint),
+                ("azure_allow_http", "true"),
+            ],
+        )
+        .expect("an Azure location")
+    }
+}
+
+/// A cloud object-store server the end-to-end tests run our programs against: the same
+/// commands, only the URLs and the environment differ.
+pub trait CloudServer {
+    /// The URL of `path` in bucket (container) `bucket`, e.g. `s3://bucket/path`.
+    fn url(&self, bucket: &str, path: &str) -> String;
+    /// Creates a bucket (container) the programs may read and write.
+    fn make_bucket(&self, bucket: &str);
+    /// The environment our programs read this server's settings and credentials from.
+    fn program_env(&self) -> Vec<(&'static str, String)>;
+    /// [`CloudServer::program_env`] with a wrong secret.
+    fn program_env_wrong_secret(&self) -> Vec<(&'static str, String)>;
+    /// Words of which the server's refusal of a wrong secret contains one.
+    fn denied_words(&self) -> &'static [&'static str];
+    /// A location on this server, opened in this process with the right secret.
+    fn location(&self, url: &str) -> shared::store::Location;
+}
+
+impl CloudServer for S3Server {
+    fn url(&self, bucket: &str, path: &str) -> String {
+        format!("s3://{bucket}/{path}")
+    }
+    fn make_bucket(&self, bucket: &str) {
+        self.bucket(bucket)
+    }
+    fn program_env(&self) -> Vec<(&'static str, String)> {
+        self.env()
+    }
+    fn program_env_wrong_secret(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        for (k, v) in &mut env {
+            if *k == "AWS_SECRET_ACCESS_KEY" {
+                *v = "wrong".into();
+            }
+        }
+        env
+    }
+    fn denied_words(&self) -> &'static [&'static str] {
+        &["403", "Signature"]
+    }
+    fn location(&self, url: &str) -> shared::store::Location {
+        self.open(url, &self.secret)
+    }
+}
+
+impl CloudServer for AzuriteServer {
+    fn url(&self, container: &str, path: &str) -> String {
+        format!("az://{container}/{path}")
+    }
+    fn make_bucket(&self, container: &str) {
+        self.container(container)
+    }
+    fn program_env(&self) -> Vec<(&'static str, String)> {
+        self.env()
+    }
+    fn program_env_wrong_secret(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        // a well-formed key (base64) that is not the account's
+        env.push((
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "d3Jvbmcta2V5LXdyb25nLWtleQ==".into(),
+        ));
+        env
+    }
+    fn denied_words(&self) -> &'static [&'static str] {
+        &["403", "AuthorizationFailure", "AuthenticationFailed"]
+    }
+    fn location(&self, url: &str) -> shared::store::Location {
+        self.open(url, AZURITE_KEY)
+    }
+}
+
 /// Runs a workspace binary with `args` and extra environment variables in folder `cwd`
 /// (a temporary one: relative defaults such as `runs/` must not land in the checkout).
 pub fn run_env(name: &str, args: &[&str], env: &[(&str, String)], cwd: &Path) -> Output {
@@ -393,6 +567,16 @@ impl MysqlDb {
     /// URL for our programs.
     pub fn url(&self) -> String {
         format!("mysql://root@{}:{}/{}", self.host, self.port, self.name)
+    }
+
+    /// URL for our programs, through `gate` (a [`TcpGate`] in front of this server).
+    pub fn url_through(&self, gate: &TcpGate) -> String {
+        format!("mysql://root@127.0.0.1:{}/{}", gate.port, self.name)
+    }
+
+    /// The server's address, for a [`TcpGate`].
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     /// URL for MLflow (SQLAlchemy + PyMySQL).
@@ -554,5 +738,85 @@ impl MlflowServer {
             String::from_utf8_lossy(&o.stderr)
         );
         serde_json::from_slice(&o.stdout).expect("mlflow_runs.py prints JSON")
+    }
+}
+
+/// A TCP forwarder on loopback in front of a real server, which a test can cut (new
+/// connections refused, open ones broken) and restore: the network fault of a registry
+/// that restarts or drops off the network, without touching the server itself.
+pub struct TcpGate {
+    pub port: u16,
+    target: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Every connection forwarded so far (client side), to break them on [`TcpGate::cut`].
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    listener: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpGate {
+    pub fn start(target: &str) -> TcpGate {
+        let mut gate = TcpGate {
+            port: free_port(),
+            target: target.to_string(),
+            open: Default::default(),
+            conns: Default::default(),
+            listener: None,
+        };
+        gate.restore();
+        gate
+    }
+
+    /// Accepts and forwards connections again, on the same port.
+    pub fn restore(&mut self) {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("binding the gate on port {}: {e}", self.port));
+        self.open.store(true, Ordering::SeqCst);
+        let (open, conns, target) = (self.open.clone(), self.conns.clone(), self.target.clone());
+        self.listener = Some(std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if !open.load(Ordering::SeqCst) {
+                    break; // the listener is dropped here: connections are refused
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let (Ok(c2), Ok(c3), Ok(s2)) =
+                    (client.try_clone(), client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                conns.lock().unwrap().push(c3);
+                pipe(client, server);
+                pipe(s2, c2);
+            }
+        }));
+    }
+
+    /// Refuses new connections and breaks the open ones.
+    pub fn cut(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.open.store(false, Ordering::SeqCst);
+        // wake the accept loop so that it sees the flag and drops the listener
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.listener.take() {
+            let _ = t.join();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for TcpGate {
+    fn drop(&mut self) {
+        self.cut();
     }
 }

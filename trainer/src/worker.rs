@@ -68,6 +68,11 @@ pub struct WorkerArgs {
     /// Pause between looks for work when there is none.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub poll_secs: f64,
+    /// How long the worker waits out a registry it cannot reach (server restarting,
+    /// network gone) when looking for work, retrying with a growing pause, before it exits
+    /// with an error. 0: exit at the first failure.
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    pub registry_patience: f64,
     #[command(flatten)]
     pub icp: IcpArgs,
     /// Print one JSON line per trial and a summary.
@@ -169,6 +174,7 @@ pub fn run(args: &WorkerArgs, registry_url: &str) -> Result<()> {
     let lease = seconds("--lease-secs", args.lease_secs)?;
     let poll = seconds("--poll-secs", args.poll_secs)?;
     let mlflow_wait = seconds("--mlflow-wait", args.mlflow_wait)?;
+    let patience = seconds("--registry-patience", args.registry_patience)?;
     if lease < Duration::from_secs(1) {
         anyhow::bail!(
             "--lease-secs {}: expected at least 1 second",
@@ -205,22 +211,65 @@ pub fn run(args: &WorkerArgs, registry_url: &str) -> Result<()> {
     tracing::info!(worker, sweep = ?args.sweep, "worker started");
     let (mut finished, mut failed) = (0usize, 0usize);
     let mut taken = 0usize;
+    // when the registry stopped answering, and how many looks failed since
+    let mut outage: Option<std::time::Instant> = None;
+    let mut retries = 0u32;
     loop {
         if args.max_trials.is_some_and(|m| taken >= m) {
             break;
         }
-        let claimed = reg.block_on(reg.registry().claim_trial(
-            sweep_id.as_deref(),
-            &worker,
-            lease.as_millis() as i64,
-        ))?;
-        let Some(trial) = claimed else {
-            if args.exit_when_done {
-                let counts = reg.block_on(reg.registry().trial_counts(sweep_id.as_deref()))?;
-                if counts.done() {
-                    break;
+        let look_started = std::time::Instant::now();
+        let look = reg.block_on(async {
+            let registry = reg.registry();
+            let trial = registry
+                .claim_trial(sweep_id.as_deref(), &worker, lease.as_millis() as i64)
+                .await?;
+            let done = match (&trial, args.exit_when_done) {
+                (None, true) => {
+                    let counts = registry.trial_counts(sweep_id.as_deref()).await?;
+                    tracing::debug!(?counts, "no trial to claim");
+                    counts.done()
                 }
-                tracing::debug!(?counts, "waiting for trials held by other workers");
+                _ => false,
+            };
+            Ok::<_, crate::registry::RegistryError>((trial, done))
+        });
+        let (claimed, done) = match look {
+            Ok(found) => {
+                if let Some(since) = outage.take() {
+                    tracing::warn!(
+                        "the run registry {} answers again after {:.0}s",
+                        reg.registry().url(),
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                found
+            }
+            Err(e) if e.is_unreachable() => {
+                let since = *outage.get_or_insert(look_started);
+                if since.elapsed() >= patience {
+                    return Err(e).context(format!(
+                        "the run registry has been unreachable for {:.0}s (--registry-patience {})",
+                        since.elapsed().as_secs_f64(),
+                        args.registry_patience
+                    ));
+                }
+                retries += 1;
+                let pause = Duration::from_millis(500 << retries.min(6))
+                    .min(poll.max(Duration::from_secs(1)));
+                tracing::warn!(
+                    "cannot reach the run registry ({e}); trying again in {:.1}s",
+                    pause.as_secs_f64()
+                );
+                std::thread::sleep(pause);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        retries = 0;
+        let Some(trial) = claimed else {
+            if done {
+                break;
             }
             std::thread::sleep(poll);
             continue;

@@ -525,6 +525,27 @@ impl RegistryError {
     }
 }
 
+impl RegistryError {
+    /// The registry could not be reached: the connection was refused or lost, or the pool
+    /// found no live connection in time. Worth waiting out, unlike a refused query.
+    pub fn is_unreachable(&self) -> bool {
+        let (RegistryError::Query { source, .. } | RegistryError::Connect { source, .. }) = self
+        else {
+            return false;
+        };
+        matches!(
+            source,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+        ) || source.as_database_error().is_some_and(|d| {
+            // MySQL: server has gone away, lost connection, communication link failure
+            matches!(d.code().as_deref(), Some("2006" | "2013" | "08S01"))
+        })
+    }
+}
+
 /// Runs a write transaction again (up to 6 tries, with a growing pause) when it lost a
 /// conflict with a concurrent writer; InnoDB expects applications to do so.
 async fn retry<T, F, Fut>(mut op: F) -> Result<T>

@@ -3,7 +3,8 @@
 //!
 //! # Artifacts: straight to the artifact root, the proxy only when the server asks for it
 //! A run's `artifact_uri` says where its files belong. When it is an object-store URL
-//! (`s3://...`, `file://...`: a server started with `--default-artifact-root s3://...`),
+//! (`s3://...`, `gs://...`, `wasbs://...`, `file://...`: a server started with
+//! `--default-artifact-root s3://...`),
 //! files are written there directly through `object_store` (multipart, with the same
 //! credentials and endpoint the rest of the programs use), and the MLflow UI reads them back
 //! through the server's boto3. Only for `mlflow-artifacts:/...` (a server that proxies

@@ -1,11 +1,12 @@
-//! The programs with every location on a real S3 server (Garage, and s3s-fs, on loopback;
-//! settings from the standard AWS_* environment): `trainer ingest` writes a dataset version
-//! to S3, `trainer train` reads it from there and uploads its artifacts, `exporter bundle`
-//! reads the run's weights back from S3 and uploads the signed bundle, and `edge-agent`
-//! verifies that bundle once downloaded from the server.
+//! The programs with every location on a real object-store server on loopback: S3 (Garage
+//! and s3s-fs; settings from the standard AWS_* environment) and Azure Blob Storage
+//! (Azurite; AZURE_* settings). `trainer ingest` writes a dataset version to the store,
+//! `trainer train` reads it from there and uploads its artifacts, `exporter bundle` reads
+//! the run's weights back and uploads the signed bundle, and `edge-agent` verifies that
+//! bundle once downloaded from the server.
 
 use object_store::ObjectStoreExt;
-use tests::{last_json, run_env, S3Kind, S3Server};
+use tests::{last_json, run_env, AzuriteServer, CloudServer, S3Kind, S3Server};
 
 /// Downloads every object under `loc` (recursively) into `dir`.
 fn download(loc: &shared::store::Location, dir: &std::path::Path) -> usize {
@@ -38,39 +39,49 @@ fn download(loc: &shared::store::Location, dir: &std::path::Path) -> usize {
 
 #[test]
 fn garage_datasets_artifacts_and_bundles_go_through_s3() {
-    through_s3(S3Kind::Garage);
+    through_store(&S3Server::start_kind(S3Kind::Garage));
 }
 
 #[test]
 fn s3s_fs_datasets_artifacts_and_bundles_go_through_s3() {
-    through_s3(S3Kind::S3sFs);
+    through_store(&S3Server::start_kind(S3Kind::S3sFs));
 }
 
-fn through_s3(kind: S3Kind) {
-    let s3 = S3Server::start_kind(kind);
+#[test]
+fn azurite_datasets_artifacts_and_bundles_go_through_azure_blob_storage() {
+    let azurite = AzuriteServer::start();
+    let (model_id, manifest_sha) = through_store(&azurite);
+    // what the exporter uploaded are ordinary blobs to Azure's own client
+    let prefix = format!("fleet/models/{model_id}/");
+    let listed = azurite.client(&["list", "models", &prefix]);
+    assert!(listed.contains("manifest.sig"), "{listed}");
+    let got = azurite.client(&["sha256", "models", &format!("{prefix}manifest.json")]);
+    assert!(got.contains(&manifest_sha), "{got} vs {manifest_sha}");
+}
+
+/// Runs the programs against `server`; returns the bundle's model id and the sha256 of the
+/// manifest the device verified.
+fn through_store(server: &dyn CloudServer) -> (String, String) {
     for b in ["datasets", "artifacts", "models"] {
-        s3.bucket(b);
+        server.make_bucket(b);
     }
-    let env = s3.env();
+    let env = server.program_env();
     let work = tempfile::tempdir().unwrap();
     let w = work.path().to_str().unwrap();
+    let signs = server.url("datasets", "signs");
+    let runs = server.url("artifacts", "runs");
+    let fleet = server.url("models", "fleet");
 
     let o = run_env(
         "trainer",
-        &[
-            "ingest",
-            "--source",
-            "synthetic",
-            "--out",
-            "s3://datasets/signs",
-        ],
+        &["ingest", "--source", "synthetic", "--out", &signs],
         &env,
         work.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let fetched = tempfile::tempdir().unwrap();
-    let n = download(&s3.open("s3://datasets/signs", &s3.secret), fetched.path());
-    assert!(n >= 4, "{n} objects in s3://datasets/signs");
+    let n = download(&server.location(&signs), fetched.path());
+    assert!(n >= 4, "{n} objects in {signs}");
     assert!(fetched.path().join("LATEST").is_file());
 
     let registry = format!("sqlite://{w}/registry.db?mode=rwc");
@@ -81,9 +92,9 @@ fn through_s3(kind: S3Kind) {
             &registry,
             "train",
             "--data",
-            "s3://datasets/signs",
+            &signs,
             "--artifacts",
-            "s3://artifacts/runs",
+            &runs,
             "--set",
             "epochs=1",
             "--set",
@@ -104,7 +115,7 @@ fn through_s3(kind: S3Kind) {
         .iter()
         .map(|u| u.as_str().unwrap())
         .collect();
-    let weights = format!("s3://artifacts/runs/{run_id}/model.safetensors");
+    let weights = format!("{runs}/{run_id}/model.safetensors");
     assert!(urls.contains(&weights.as_str()), "{urls:?}");
 
     let o = run_env(
@@ -127,7 +138,7 @@ fn through_s3(kind: S3Kind) {
             "--out",
             &format!("{w}/bundles"),
             "--store",
-            "s3://models/fleet",
+            &fleet,
             "--json",
         ],
         &env,
@@ -139,7 +150,7 @@ fn through_s3(kind: S3Kind) {
     // the uploaded bundle, byte for byte, is what the device verifies
     let dir = fetched.path().join("bundle");
     let n = download(
-        &s3.open(&format!("s3://models/fleet/models/{model_id}"), &s3.secret),
+        &server.location(&format!("{fleet}/models/{model_id}")),
         &dir,
     );
     assert!(n >= 4, "{n} objects in the uploaded bundle");
@@ -157,30 +168,21 @@ fn through_s3(kind: S3Kind) {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(last_json(&o)["ok"], true);
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
 
     // wrong credentials name the service's answer and the location
-    let mut bad = env.clone();
-    for (k, v) in &mut bad {
-        if *k == "AWS_SECRET_ACCESS_KEY" {
-            *v = "wrong".into();
-        }
-    }
+    let other = server.url("datasets", "other");
     let o = run_env(
         "trainer",
-        &[
-            "ingest",
-            "--source",
-            "synthetic",
-            "--out",
-            "s3://datasets/other",
-        ],
-        &bad,
+        &["ingest", "--source", "synthetic", "--out", &other],
+        &server.program_env_wrong_secret(),
         work.path(),
     );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("s3://datasets/other") && (err.contains("403") || err.contains("Signature")),
+        err.contains(&other) && server.denied_words().iter().any(|w| err.contains(w)),
         "{err}"
     );
+    (model_id.to_string(), shared::store::sha256_hex(&manifest))
 }
