@@ -304,6 +304,16 @@ impl S3Server {
         ]
     }
 
+    /// The settings MLflow (boto3) reads for an s3:// artifact root on this server.
+    pub fn mlflow_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("MLFLOW_S3_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", self.key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+    }
+
     /// A location on this server with `secret` as the secret key.
     pub fn open(&self, location: &str, secret: &str) -> shared::store::Location {
         shared::store::open_with_options(
@@ -405,6 +415,18 @@ impl AzuriteServer {
             ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
             ("AZURITE_BLOB_STORAGE_URL", self.url.clone()),
         ]
+    }
+
+    /// The settings MLflow (azure-storage-blob) reads for a wasbs:// artifact root on
+    /// this server: a connection string naming its blob endpoint.
+    pub fn mlflow_env(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            format!(
+                "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+                self.endpoint
+            ),
+        )]
     }
 
     /// A location on this server with `key` as the account key, configured the way a
@@ -643,6 +665,17 @@ impl MlflowServer {
     /// Starts the server on `port` and waits (up to 3 minutes) until /health answers.
     /// `artifact_root` is an s3:// URL on `s3`.
     pub fn start(port: u16, db: &MysqlDb, s3: &S3Server, artifact_root: &str) -> MlflowServer {
+        MlflowServer::start_with(port, db, &s3.mlflow_env(), artifact_root)
+    }
+
+    /// [`MlflowServer::start`] with the artifact store's settings for MLflow in `env` (see
+    /// [`S3Server::mlflow_env`], [`AzuriteServer::mlflow_env`]).
+    pub fn start_with(
+        port: u16,
+        db: &MysqlDb,
+        env: &[(&str, String)],
+        artifact_root: &str,
+    ) -> MlflowServer {
         use std::os::unix::process::CommandExt;
         let py = mlflow_python();
         let mlflow = py.with_file_name("mlflow");
@@ -663,10 +696,7 @@ impl MlflowServer {
                 "--artifacts-destination",
                 &format!("{}/proxied", artifact_root.trim_end_matches('/')),
             ])
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
             .stdout(out)
             .stderr(err)
@@ -722,14 +752,16 @@ impl MlflowServer {
     /// Everything MLflow holds for one experiment, read with MLflow's own Python client
     /// (scripts/py/mlflow_runs.py): runs, params, tags, metric histories, artifacts.
     pub fn dump(&self, experiment: &str, s3: &S3Server) -> serde_json::Value {
+        self.dump_with(experiment, &s3.mlflow_env())
+    }
+
+    /// [`MlflowServer::dump`] with the artifact store's settings for MLflow in `env`.
+    pub fn dump_with(&self, experiment: &str, env: &[(&str, String)]) -> serde_json::Value {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/py/mlflow_runs.py");
         let o = Command::new(mlflow_python())
             .arg(&script)
             .args(["--tracking-uri", &self.url, "--experiment", experiment])
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running scripts/py/mlflow_runs.py");
         assert!(
