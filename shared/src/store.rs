@@ -240,6 +240,21 @@ fn open_cloud(
         location: location.to_string(),
         source,
     };
+    // Credentials never go in a location: it is logged, shown and stored in the registry.
+    if url.password().is_some() || (cloud != Cloud::Azure && !url.username().is_empty()) {
+        let mut shown = url.clone();
+        if url.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        return Err(StoreError::Location {
+            location: shown.to_string(),
+            what: format!(
+                "a {} location names no user or password: write {} and give credentials in the environment",
+                cloud.name(),
+                cloud.example()
+            ),
+        });
+    }
     // the bucket (S3, GCS) or container (Azure): the host, or the user of abfs/wasb URLs
     let container = if url.username().is_empty() {
         url.host_str().unwrap_or_default()
@@ -600,6 +615,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Azure setting \"aws_region\""), "{e}");
+        for url in [
+            "s3://key:secret@bucket/x",
+            "az://c:key@acct.dfs.core.windows.net/x",
+        ] {
+            let e = open(url).unwrap_err().to_string();
+            assert!(e.contains("names no user or password"), "{e}");
+            assert!(!e.contains("secret") && !e.contains(":key@"), "{e}");
+        }
         let e = open("ftp://host/x").unwrap_err().to_string();
         assert!(
             e.contains("unsupported scheme \"ftp\"") && e.contains("gs://"),

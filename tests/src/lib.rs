@@ -370,8 +370,6 @@ impl AzuriteServer {
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
             .arg("--location")
             .arg(root.path().join("data"))
-            .arg("--debug")
-            .arg(root.path().join("debug.log"))
             .arg("--skipApiVersionCheck")
             .stdout(out.try_clone().expect("azurite log"))
             .stderr(out)

@@ -523,9 +523,7 @@ impl RegistryError {
             || matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517")
             || message.contains("database is locked")
     }
-}
 
-impl RegistryError {
     /// The registry could not be reached: the connection was refused or lost, or the pool
     /// found no live connection in time. Worth waiting out, unlike a refused query.
     pub fn is_unreachable(&self) -> bool {
