@@ -52,7 +52,7 @@ export EDGECP_S3S_FS=$S3S_ROOT/bin/s3s-fs
 step "Garage, the production S3 server the object-store tests also run against (cached under $EDGECP_CACHE)"
 GARAGE_ROOT=$EDGECP_CACHE/garage-2.5.0
 if [ ! -x "$GARAGE_ROOT/bin/garage" ]; then
-  # a long compile (about 25 minutes on 2 cores), once: SQLite metadata, bundled C libraries
+  # a long compile (7 minutes on 2 cores here), once: SQLite metadata, bundled C libraries
   cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite --root "$GARAGE_ROOT"
 fi
 export EDGECP_GARAGE=$GARAGE_ROOT/bin/garage
