@@ -514,6 +514,45 @@ impl CloudServer for AzuriteServer {
     }
 }
 
+/// Uploads a 50 MB file (well over [`shared::store::MULTIPART_THRESHOLD`], so in parts) as
+/// object `name` of `loc`, then checks it by HEAD, by a ranged read, by listing `loc` (it is
+/// the only object there) and whole. Returns the object's URL, its sha256 and its size.
+pub fn multipart_round_trip(loc: &shared::store::Location, name: &str) -> (String, String, u64) {
+    use object_store::ObjectStoreExt;
+    use shared::store;
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    let file = tmp.path().join("big.bin");
+    let len: usize = 50 * 1024 * 1024 + 123;
+    let bytes: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
+    std::fs::write(&file, &bytes).expect("writing the 50 MB file");
+    assert!(len as u64 > store::MULTIPART_THRESHOLD);
+
+    let object = loc.child(name);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let (sha, size) = rt
+        .block_on(store::upload_file(loc, &object, &file))
+        .unwrap();
+    assert_eq!(size, len as u64);
+    assert_eq!(sha, store::sha256_hex(&bytes));
+
+    let (head, range, listed) = rt
+        .block_on(async {
+            let head = loc.store.head(&object).await?;
+            let range = loc.store.get_range(&object, 20_000_000..20_001_000).await?;
+            let listed = loc.store.list_with_delimiter(Some(&loc.prefix)).await?;
+            Ok::<_, object_store::Error>((head, range, listed))
+        })
+        .unwrap();
+    assert_eq!(head.size, len as u64);
+    assert_eq!(range.as_ref(), &bytes[20_000_000..20_001_000]);
+    assert_eq!(listed.objects.len(), 1, "{listed:?}");
+    let back = rt
+        .block_on(async { loc.store.get(&object).await?.bytes().await })
+        .unwrap();
+    assert_eq!(store::sha256_hex(&back), sha);
+    (store::object_url(loc, &object).unwrap(), sha, size)
+}
+
 /// Runs a workspace binary with `args` and extra environment variables in folder `cwd`
 /// (a temporary one: relative defaults such as `runs/` must not land in the checkout).
 pub fn run_env(name: &str, args: &[&str], env: &[(&str, String)], cwd: &Path) -> Output {

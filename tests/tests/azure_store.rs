@@ -11,38 +11,9 @@ fn azurite_a_50_mb_multipart_upload_round_trips_with_ranged_reads() {
     let az = AzuriteServer::start();
     az.container("artifacts");
     let loc = az.open("az://artifacts/runs/r1", AZURITE_KEY);
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("big.bin");
-    let len: usize = 50 * 1024 * 1024 + 123;
-    let bytes: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
-    std::fs::write(&file, &bytes).unwrap();
-    assert!(len as u64 > store::MULTIPART_THRESHOLD);
-
-    let object = loc.child("model.bin");
+    let (url, sha, len) = tests::multipart_round_trip(&loc, "model.bin");
+    assert_eq!(url, "az://artifacts/runs/r1/model.bin");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (sha, size) = rt
-        .block_on(store::upload_file(&loc, &object, &file))
-        .unwrap();
-    assert_eq!(
-        (sha.as_str(), size),
-        (store::sha256_hex(&bytes).as_str(), len as u64)
-    );
-    assert_eq!(
-        store::object_url(&loc, &object).unwrap(),
-        "az://artifacts/runs/r1/model.bin"
-    );
-
-    let (head, range, listed) = rt
-        .block_on(async {
-            let head = loc.store.head(&object).await?;
-            let range = loc.store.get_range(&object, 20_000_000..20_001_000).await?;
-            let listed = loc.store.list_with_delimiter(Some(&loc.prefix)).await?;
-            Ok::<_, object_store::Error>((head, range, listed))
-        })
-        .unwrap();
-    assert_eq!(head.size, len as u64);
-    assert_eq!(range.as_ref(), &bytes[20_000_000..20_001_000]);
-    assert_eq!(listed.objects.len(), 1, "{listed:?}");
 
     // the URL the registry records reads back through the environment's settings too
     // (here: the same container as a Hadoop-style abfs URL with an explicit endpoint)

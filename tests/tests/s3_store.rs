@@ -11,45 +11,13 @@ fn multipart_round_trip(kind: S3Kind) {
     let s3 = S3Server::start_kind(kind);
     s3.bucket("artifacts");
     let loc = s3.open("s3://artifacts/runs/r1", &s3.secret);
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("big.bin");
-    let len: usize = 50 * 1024 * 1024 + 123;
-    let bytes: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
-    std::fs::write(&file, &bytes).unwrap();
-    assert!(len as u64 > store::MULTIPART_THRESHOLD);
-
-    let object = loc.child("model.bin");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (sha, size) = rt
-        .block_on(store::upload_file(&loc, &object, &file))
-        .unwrap();
-    assert_eq!(size, len as u64);
-    assert_eq!(sha, store::sha256_hex(&bytes));
-    assert_eq!(
-        store::object_url(&loc, &object).unwrap(),
-        "s3://artifacts/runs/r1/model.bin"
-    );
+    let (url, _, size) = tests::multipart_round_trip(&loc, "model.bin");
+    assert_eq!(url, "s3://artifacts/runs/r1/model.bin");
     if kind == S3Kind::S3sFs {
         // the server holds exactly the file, under the location's prefix
         let on_disk = s3.root.path().join("artifacts/runs/r1/model.bin");
-        assert_eq!(std::fs::metadata(&on_disk).unwrap().len(), len as u64);
+        assert_eq!(std::fs::metadata(&on_disk).unwrap().len(), size);
     }
-
-    let (head, range, listed) = rt
-        .block_on(async {
-            let head = loc.store.head(&object).await?;
-            let range = loc.store.get_range(&object, 20_000_000..20_001_000).await?;
-            let listed = loc.store.list_with_delimiter(Some(&loc.prefix)).await?;
-            Ok::<_, object_store::Error>((head, range, listed))
-        })
-        .unwrap();
-    assert_eq!(head.size, len as u64);
-    assert_eq!(range.as_ref(), &bytes[20_000_000..20_001_000]);
-    assert_eq!(listed.objects.len(), 1, "{listed:?}");
-    let back = rt
-        .block_on(async { loc.store.get(&object).await?.bytes().await })
-        .unwrap();
-    assert_eq!(store::sha256_hex(&back), sha);
 }
 
 fn missing_bucket_and_wrong_credentials(kind: S3Kind) {
