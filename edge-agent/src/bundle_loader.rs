@@ -1,10 +1,14 @@
 //! Loading a bundle for serving: nothing in it is used before all of these hold, in order:
 //! the ed25519 signature of the manifest with the trusted key, the format version, every
-//! listed file's size and sha256 and no unlisted file (`shared::bundle::verify`), then a
-//! self-test of the engine on the golden inputs within the manifest's tolerance. Any
-//! failure is a [`LoadError`] that names the file and the check.
+//! listed file's size and sha256 and no unlisted file, the manifest's consistency with its
+//! files (`shared::bundle::verify`), then a self-test of the engine on the golden inputs
+//! within the manifest's tolerance. Any failure is a [`LoadError`] that names the file and
+//! the check.
+//!
+//! Everything is built from the bytes verification hashed (`VerifiedBundle::file`): no
+//! file is read twice, so replacing one on disk after it was verified changes nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use ed25519_dalek::VerifyingKey;
@@ -21,8 +25,6 @@ use crate::runtime::{max_abs_diff, Engine, ModelFormat, Runtime, RuntimeError};
 pub enum LoadError {
     #[error("bundle refused: {0}")]
     Bundle(#[from] BundleError),
-    #[error("bundle refused: {}: {what}", path.display())]
-    Read { path: PathBuf, what: String },
     #[error("bundle refused: the manifest lists no {format} model")]
     NoModel { format: &'static str },
     #[error("bundle refused: {0}")]
@@ -82,6 +84,8 @@ pub struct LoadedModel {
     pub predictor: Predictor,
     pub ncm: NcmKind,
     pub self_test: SelfTest,
+    /// The golden inputs and outputs (for a self-test again, e.g. after a swap).
+    pub golden: Golden,
     /// Time from the start of verification to ready, milliseconds.
     pub load_ms: f64,
 }
@@ -94,13 +98,6 @@ impl LoadedModel {
     pub fn side(&self) -> usize {
         self.engine.side()
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|e| LoadError::Read {
-        path: path.to_path_buf(),
-        what: e.to_string(),
-    })
 }
 
 fn side_of(b: &VerifiedBundle) -> Result<usize, LoadError> {
@@ -148,7 +145,7 @@ pub fn self_test(engine: &Engine, golden: &Golden, tolerance: f32) -> Result<Sel
     })
 }
 
-fn engine_for(b: &VerifiedBundle, runtime: Runtime, side: usize) -> Result<Engine, LoadError> {
+fn engine_for(b: &mut VerifiedBundle, runtime: Runtime, side: usize) -> Result<Engine, LoadError> {
     let format = runtime.format();
     let entry = b
         .manifest
@@ -159,7 +156,8 @@ fn engine_for(b: &VerifiedBundle, runtime: Runtime, side: usize) -> Result<Engin
             format: format.name(),
         })?;
     let path = b.path(&entry.file);
-    let bytes = read(&path)?;
+    let name = entry.file.clone();
+    let bytes = b.take_file(&name)?;
     Ok(Engine::new(
         runtime,
         &path.display().to_string(),
@@ -169,34 +167,41 @@ fn engine_for(b: &VerifiedBundle, runtime: Runtime, side: usize) -> Result<Engin
 }
 
 fn golden_of(b: &VerifiedBundle) -> Result<Golden, LoadError> {
-    let path = b.path(&b.manifest.golden.file);
-    Ok(Golden::parse(&read(&path)?, &path.display().to_string())?)
+    let name = &b.manifest.golden.file;
+    Ok(Golden::parse(
+        b.file(name)?,
+        &b.path(name).display().to_string(),
+    )?)
+}
+
+fn predictor_of(b: &VerifiedBundle, ncm: NcmKind, dim: usize) -> Result<Predictor, LoadError> {
+    let m = &b.manifest;
+    Ok(Predictor::from_reference(
+        b.file(&m.reference)?,
+        &b.path(&m.reference).display().to_string(),
+        ncm,
+        m.icp.mondrian,
+        m.icp.p_values,
+        m.class_names.clone(),
+        dim,
+    )?)
 }
 
 /// Verifies, self-tests and prepares the bundle in `dir` for serving.
 pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
     let t0 = Instant::now();
-    let b = bundle::verify(dir, key)?;
+    let mut b = bundle::verify(dir, key)?;
     let side = side_of(&b)?;
-    let engine = engine_for(&b, opts.runtime, side)?;
+    let engine = engine_for(&mut b, opts.runtime, side)?;
     let golden = golden_of(&b)?;
     let self_test = self_test(&engine, &golden, b.manifest.golden.tolerance as f32)?;
     if opts.warm_up {
         engine.warm_up()?;
     }
-    let m = &b.manifest;
-    let ncm = opts.ncm.unwrap_or(m.icp.ncm);
-    let rpath = b.path(&m.reference);
-    let predictor = Predictor::from_reference(
-        &read(&rpath)?,
-        &rpath.display().to_string(),
-        ncm,
-        m.icp.mondrian,
-        m.icp.p_values,
-        m.class_names.clone(),
-        engine.embedding_dim(),
-    )?;
-    // the files read for hashing and the reference data are freed by now
+    let ncm = opts.ncm.unwrap_or(b.manifest.icp.ncm);
+    let predictor = predictor_of(&b, ncm, engine.embedding_dim())?;
+    // the other files' bytes and the reference data are not needed any more
+    b.release_files();
     crate::memory::trim();
     Ok(LoadedModel {
         bundle: b,
@@ -204,6 +209,7 @@ pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<Loaded
         predictor,
         ncm,
         self_test,
+        golden,
         load_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
@@ -215,7 +221,7 @@ pub fn verify(
     dir: &Path,
     key: &VerifyingKey,
 ) -> Result<(VerifiedBundle, Vec<SelfTest>), LoadError> {
-    let b = bundle::verify(dir, key)?;
+    let mut b = bundle::verify(dir, key)?;
     let side = side_of(&b)?;
     let golden = golden_of(&b)?;
     let tolerance = b.manifest.golden.tolerance as f32;
@@ -232,22 +238,14 @@ pub fn verify(
             Some(ModelFormat::Tflite) => &[Runtime::Tflite],
             None => continue,
         };
-        let path = b.path(&m.file);
-        let bytes = read(&path)?;
+        let path = b.path(&m.file).display().to_string();
+        let bytes = b.file(&m.file)?;
         for &rt in runtimes {
-            let engine = Engine::new(rt, &path.display().to_string(), bytes.clone(), side)?;
+            let engine = Engine::new(rt, &path, bytes.to_vec(), side)?;
             reports.push(self_test(&engine, &golden, tolerance)?);
         }
     }
-    let rpath = b.path(&b.manifest.reference);
-    Predictor::from_reference(
-        &read(&rpath)?,
-        &rpath.display().to_string(),
-        b.manifest.icp.ncm,
-        b.manifest.icp.mondrian,
-        b.manifest.icp.p_values,
-        b.manifest.class_names.clone(),
-        golden.dim,
-    )?;
+    predictor_of(&b, b.manifest.icp.ncm, golden.dim)?;
+    b.release_files();
     Ok((b, reports))
 }

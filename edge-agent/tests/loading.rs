@@ -267,3 +267,85 @@ fn the_assurance_line_follows_singletons_pairs_and_empty_sets() {
     }
     assert_eq!(pin.states(), [false, true, false, true, false]);
 }
+
+/// Defect: `verify` hashed every file and dropped the bytes, and the loader read
+/// `reference.safetensors` (and the model, and the golden data) from disk again, so a file
+/// replaced between the two reads was served under the signed manifest. Here another
+/// thread keeps replacing the reference data with other centroids while the bundle is
+/// loaded again and again: every load must either refuse the bundle (digest) or answer
+/// exactly as the signed bundle does.
+#[test]
+fn a_file_replaced_after_verification_is_never_used() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let root = tempfile::tempdir().unwrap();
+    let (dir, _, key) = built_bundle(root.path());
+    let vk = key.verifying_key();
+    let x: Vec<f32> = (0..8 * 32 * 32 * 3)
+        .map(|i| ((i * 31) % 256) as f32)
+        .collect();
+    let want = edge_agent::pipeline::answer(&load(&dir, &vk).unwrap(), &x, 0.05)
+        .unwrap()
+        .0;
+    let good = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let evil = reference_bytes(4);
+    assert_ne!(good, evil);
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, target, tmp) = (
+            stop.clone(),
+            dir.join("reference.safetensors"),
+            root.path().join("swap.tmp"),
+        );
+        std::thread::spawn(move || {
+            let mut flips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let data = if flips.is_multiple_of(2) {
+                    &evil
+                } else {
+                    &good
+                };
+                std::fs::write(&tmp, data).unwrap();
+                std::fs::rename(&tmp, &target).unwrap();
+                flips += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            // leave the signed file in place
+            std::fs::write(&tmp, &good).unwrap();
+            std::fs::rename(&tmp, &target).unwrap();
+            flips
+        })
+    };
+    let (mut served, mut refused) = (0, 0);
+    let t0 = Instant::now();
+    while served < 25 && t0.elapsed() < Duration::from_secs(60) {
+        match load(&dir, &vk) {
+            Ok(m) => {
+                let got = edge_agent::pipeline::answer(&m, &x, 0.05).unwrap().0;
+                assert_eq!(
+                    got,
+                    want,
+                    "load {}: answers of a swapped file",
+                    served + refused
+                );
+                served += 1;
+            }
+            Err(LoadError::Bundle(BundleError::Digest { path, .. })) => {
+                assert!(
+                    path.ends_with("reference.safetensors"),
+                    "{}",
+                    path.display()
+                );
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = swapper.join().unwrap();
+    assert!(
+        served >= 5 && refused >= 1 && flips > 10,
+        "served {served}, refused {refused}, flips {flips}"
+    );
+}

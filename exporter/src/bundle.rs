@@ -190,13 +190,11 @@ pub fn verify_full(
     dir: &Path,
     key: &ed25519_dalek::VerifyingKey,
 ) -> Result<(bundle::VerifiedBundle, Vec<ParityReport>)> {
-    let b = bundle::verify(dir, key)?;
+    let mut b = bundle::verify(dir, key)?;
     let m = &b.manifest;
     let gpath = b.path(&m.golden.file);
-    let golden = Golden::parse(
-        &std::fs::read(&gpath).with_context(|| format!("reading {}", gpath.display()))?,
-        &gpath.display().to_string(),
-    )?;
+    // the bytes that were hashed, never the files again (they may have changed since)
+    let golden = Golden::parse(b.file(&m.golden.file)?, &gpath.display().to_string())?;
     let tolerance = m.golden.tolerance as f32;
     let mut reports = vec![];
     for model in &m.models {
@@ -210,15 +208,15 @@ pub fn verify_full(
         if !model.parity_checked {
             continue;
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = b.file(&model.file)?;
         let file = path.display().to_string();
         match format {
             Format::Onnx => {
-                crate::onnx::check_onnx(&bytes, &file)?;
+                crate::onnx::check_onnx(bytes, &file)?;
             }
-            Format::Tflite => crate::tflite::check_tflite(&bytes, &file)?,
+            Format::Tflite => crate::tflite::check_tflite(bytes, &file)?,
         }
-        let d = parity(format, &bytes, &golden)
+        let d = parity(format, bytes, &golden)
             .with_context(|| format!("{file}: golden-input check"))?;
         if d.is_nan() || d > tolerance {
             bail!("{file}: differs from the golden outputs by {d:e} (tolerance {tolerance:e})");
@@ -229,6 +227,7 @@ pub fn verify_full(
             tolerance,
         });
     }
+    b.release_files();
     Ok((b, reports))
 }
 

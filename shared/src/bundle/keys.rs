@@ -74,10 +74,16 @@ pub fn public_pem(key: &VerifyingKey) -> String {
     pem("PUBLIC KEY", &der)
 }
 
+/// Largest key file read (a PEM key is about 120 bytes; comments and chains fit well).
+pub const MAX_KEY_FILE_BYTES: u64 = 64 << 10;
+
+/// A key file's text: a regular file (a link to one is fine: keys are the owner's
+/// configuration, not bundle content), at most [`MAX_KEY_FILE_BYTES`], UTF-8.
 fn read(path: &Path) -> Result<String, BundleError> {
-    std::fs::read_to_string(path).map_err(|source| BundleError::Io {
+    let bytes = super::files::read_bounded(path, MAX_KEY_FILE_BYTES, super::files::Links::Follow)?;
+    String::from_utf8(bytes).map_err(|_| BundleError::Key {
         path: path.to_path_buf(),
-        source,
+        what: "is not UTF-8 text (expected a PEM key)".into(),
     })
 }
 

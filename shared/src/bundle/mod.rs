@@ -4,12 +4,17 @@
 //! of the exact bytes of `manifest.json`) and the files the manifest lists, each with its
 //! sha256 and size. [`verify`] checks, in this order, that the signature holds for the
 //! given public key, that the format and its version are known, and that every listed file
-//! exists with the listed size and digest and that no other file is present. Only then is
-//! anything in the bundle trusted. Running the models on the golden inputs is the
-//! caller's step (it needs an inference engine).
+//! exists with the listed size and digest and that no other file is present, and then
+//! that the manifest says nothing impossible about those files ([`validate`]). Only then
+//! is anything in the bundle trusted, and only through the bytes that were hashed: the
+//! [`VerifiedBundle`] holds them, so nothing is read from disk a second time (a file
+//! swapped after verification is never used). Running the models on the golden inputs is
+//! the caller's step (it needs an inference engine).
 
+mod files;
 pub mod golden;
 pub mod keys;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The signature's file name.
 pub const SIGNATURE_FILE: &str = "manifest.sig";
+/// Largest `manifest.json` a reader accepts (a real one is a few kilobytes).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Largest file a manifest may list (TensorRT engines are the largest: tens of MB).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Why a bundle was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +69,30 @@ pub enum BundleError {
     },
     #[error("{}: not listed in the manifest (a bundle holds only what its signature covers)", path.display())]
     Unlisted { path: PathBuf },
+    #[error("{}: is a symbolic link: the files of a bundle must be regular files (a link can point outside what the signature covers, or be re-pointed after verification)", path.display())]
+    Symlink { path: PathBuf },
+    #[error("{}: is a {kind}, not a regular file", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{}: is {found} bytes, more than the {limit} bytes allowed", path.display())]
+    TooLarge {
+        path: PathBuf,
+        limit: u64,
+        found: u64,
+    },
+    #[error("{}: {field}: {what}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// The manifest field (JSON path) or file that is wrong.
+        field: String,
+        what: String,
+    },
+    #[error("{name}: not a verified file of this bundle (every file used must be listed in the manifest's files[])")]
+    NotVerified { name: String },
 }
 
 /// One file of the bundle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileEntry {
     /// Path relative to the bundle directory (plain file name; no `/`, no `..`).
     pub name: String,
@@ -76,6 +105,7 @@ pub struct FileEntry {
 
 /// Input tensor description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InputSpec {
     pub name: String,
     /// `[-1, S, S, 3]`: -1 is the dynamic batch.
@@ -90,6 +120,7 @@ pub struct InputSpec {
 
 /// The input normalisation and where it happens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Normalization {
     /// `v = x * scale + offset` per channel value x.
     pub scale: f32,
@@ -100,6 +131,7 @@ pub struct Normalization {
 
 /// Output tensor description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     pub name: String,
     /// `[-1, E]`.
@@ -110,6 +142,7 @@ pub struct OutputSpec {
 
 /// How the device's conformal predictor is set up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IcpSpec {
     /// Nonconformity measure, e.g. `{"kind": "nearest_centroid"}`.
     pub ncm: crate::icp::NcmKind,
@@ -125,6 +158,7 @@ pub struct IcpSpec {
 
 /// One model file and how it was checked.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     pub file: String,
     /// `onnx`, `tflite`, `tensorrt`.
@@ -146,6 +180,7 @@ pub struct ModelEntry {
 
 /// Golden inputs for the on-device self-test.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GoldenSpec {
     pub file: String,
     pub count: u64,
@@ -224,27 +259,59 @@ pub fn write_signed(
     Ok(bytes)
 }
 
-/// A bundle whose signature, version and files have been checked.
+/// A bundle whose signature, version, files and manifest have been checked, with the bytes
+/// of its files exactly as they were hashed.
 #[derive(Clone, Debug)]
 pub struct VerifiedBundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
     /// sha256 of the manifest bytes (what rollout commands name).
     pub manifest_sha256: String,
+    /// File name -> the verified bytes; emptied by [`VerifiedBundle::release_files`].
+    files: BTreeMap<String, Vec<u8>>,
 }
 
 impl VerifiedBundle {
+    /// Where the file `name` was read from (for messages: the bytes come from
+    /// [`VerifiedBundle::file`], never from this path).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// The verified bytes of the listed file `name`.
+    pub fn file(&self, name: &str) -> Result<&[u8], BundleError> {
+        self.files
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| BundleError::NotVerified {
+                name: name.to_string(),
+            })
+    }
+
+    /// Takes the verified bytes of `name` out of the bundle (no copy).
+    pub fn take_file(&mut self, name: &str) -> Result<Vec<u8>, BundleError> {
+        self.files
+            .remove(name)
+            .ok_or_else(|| BundleError::NotVerified {
+                name: name.to_string(),
+            })
+    }
+
+    /// Frees the bytes of every file (once what is needed has been built from them).
+    pub fn release_files(&mut self) {
+        self.files.clear();
+    }
 }
 
+/// A file name is a plain name of the bundle directory: ASCII letters, digits, `.`, `_`,
+/// `-`, not starting with `.`, at most 255 bytes, and not the manifest or its signature.
 fn check_name(name: &str, manifest: &Path) -> Result<(), BundleError> {
     let ok = !name.is_empty()
-        && !name.contains('/')
-        && !name.contains('\\')
-        && name != "."
-        && name != ".."
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && name != MANIFEST_FILE
         && name != SIGNATURE_FILE;
     if ok {
@@ -252,7 +319,9 @@ fn check_name(name: &str, manifest: &Path) -> Result<(), BundleError> {
     } else {
         Err(BundleError::Manifest {
             path: manifest.to_path_buf(),
-            what: format!("file name {name:?} is not a plain file name of the bundle"),
+            what: format!(
+                "file name {name:?} is not a plain file name of the bundle (letters, digits, '.', '_', '-'; not starting with '.')"
+            ),
         })
     }
 }
@@ -262,11 +331,36 @@ fn check_name(name: &str, manifest: &Path) -> Result<(), BundleError> {
 /// something else.
 pub fn read_unverified(dir: &Path) -> Result<Manifest, BundleError> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path).map_err(|source| BundleError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = files::read_bounded(&path, MAX_MANIFEST_BYTES, files::Links::Refuse)?;
     parse_manifest(&bytes, &path)
+}
+
+/// The first object key of `input` (a JSON path such as `icp.ncm.extra`) that `known`, the
+/// manifest as this code serialises it, lacks. serde's `deny_unknown_fields` does not reach
+/// into internally tagged enums (`icp.ncm`, `icp.p_values`), so this walks both trees.
+fn unknown_key(input: &serde_json::Value, known: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (input, known) {
+        (Value::Object(a), Value::Object(b)) => a.iter().find_map(|(k, v)| match b.get(k) {
+            // an optional field given as null is the same as leaving it out
+            None if v.is_null() => None,
+            None => Some(join(k)),
+            Some(w) => unknown_key(v, w, &join(k)),
+        }),
+        (Value::Array(a), Value::Array(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| unknown_key(v, w, &format!("{at}[{i}]"))),
+        _ => None,
+    }
 }
 
 fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, BundleError> {
@@ -290,22 +384,34 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, BundleError> {
             found: version,
         });
     }
-    serde_json::from_value(value).map_err(|e| bad(format!("bad manifest: {e}")))
+    let manifest: Manifest =
+        serde_json::from_value(value.clone()).map_err(|e| bad(format!("bad manifest: {e}")))?;
+    let known = serde_json::to_value(&manifest).map_err(|e| bad(e.to_string()))?;
+    if let Some(field) = unknown_key(&value, &known, "") {
+        return Err(bad(format!(
+            "unknown field {field} (format version {FORMAT_VERSION} has no such field)"
+        )));
+    }
+    Ok(manifest)
 }
 
 /// Verifies the bundle in `dir` against `key`: signature over the exact manifest bytes,
-/// format version, and every file's size and sha256; files not in the manifest are refused.
+/// format version, every file's size and sha256 (each file opened once, as a regular file,
+/// its read bounded by the manifest's size), no unlisted file, and the manifest's
+/// consistency with the files it describes ([`validate::validate`]). The returned bundle
+/// holds the bytes that were hashed.
 pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifiedBundle, BundleError> {
     let mpath = dir.join(MANIFEST_FILE);
     let spath = dir.join(SIGNATURE_FILE);
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| BundleError::Io {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
-    let bytes = read(&mpath)?;
-    let sig = read(&spath)?;
+    let bytes = files::read_bounded(&mpath, MAX_MANIFEST_BYTES, files::Links::Refuse)?;
+    // one byte more than a signature: a longer file is reported with its size
+    let sig = files::read_bounded(&spath, 64, files::Links::Refuse).map_err(|e| match e {
+        BundleError::TooLarge { path, found, .. } => BundleError::Manifest {
+            path,
+            what: format!("is {found} bytes, an ed25519 signature is 64"),
+        },
+        e => e,
+    })?;
     let sig: [u8; 64] = sig
         .as_slice()
         .try_into()
@@ -318,23 +424,26 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifiedBundle, BundleEr
             path: spath.clone(),
         })?;
     let manifest = parse_manifest(&bytes, &mpath)?;
+    // names before any file is opened: nothing outside the directory is ever touched
     for f in &manifest.files {
         check_name(&f.name, &mpath)?;
+    }
+    let mut contents = BTreeMap::new();
+    for f in &manifest.files {
         let path = dir.join(&f.name);
-        let data = read(&path)?;
-        if data.len() as u64 != f.bytes {
-            return Err(BundleError::Size {
-                path,
-                expected: f.bytes,
-                found: data.len() as u64,
-            });
-        }
+        let data = files::read_listed(&path, f.bytes, MAX_FILE_BYTES)?;
         let digest = sha256_hex(&data);
         if digest != f.sha256 {
             return Err(BundleError::Digest {
                 path,
                 expected: f.sha256.clone(),
                 found: digest,
+            });
+        }
+        if contents.insert(f.name.clone(), data).is_some() {
+            return Err(BundleError::Manifest {
+                path: mpath.clone(),
+                what: format!("file {:?} is listed twice in files[]", f.name),
             });
         }
     }
@@ -351,14 +460,18 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<VerifiedBundle, BundleEr
         if name == MANIFEST_FILE || name == SIGNATURE_FILE {
             continue;
         }
-        if !manifest.files.iter().any(|f| f.name == name) {
+        if !contents.contains_key(&name) {
             return Err(BundleError::Unlisted { path: entry.path() });
         }
     }
+    validate::validate(&manifest, &mpath, |name| {
+        contents.get(name).map(Vec::as_slice)
+    })?;
     Ok(VerifiedBundle {
         dir: dir.to_path_buf(),
         manifest_sha256: sha256_hex(&bytes),
         manifest,
+        files: contents,
     })
 }
 
