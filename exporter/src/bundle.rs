@@ -169,6 +169,9 @@ pub fn build(
         files,
     };
     let bytes = bundle::write_signed(out, &manifest, key)?;
+    // what a device will check, checked here first: an exporter bug shows up at export
+    bundle::verify(out, &key.verifying_key())
+        .with_context(|| format!("the bundle written to {} does not verify", out.display()))?;
     Ok(BuiltBundle {
         dir: out.to_path_buf(),
         manifest,
