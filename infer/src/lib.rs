@@ -9,8 +9,11 @@
 //! node that does not fit; a general runtime (tract, onnxruntime) runs those.
 //!
 //! Parallelism: a batch of at least as many images as threads is split by image (each
-//! thread runs whole images, so every activation stays in its cache); smaller batches
-//! split each layer's output rows across the threads instead.
+//! thread runs whole images, so every activation stays in its cache). The images left over
+//! (a batch of 1) run on the calling thread, with no hand-off to the pool: each layer
+//! with enough work ([`Options::split_work`]) is cut into units that the caller and
+//! helper threads claim from a shared counter ([`team`]), so a helper that is slow to wake
+//! costs nothing: the caller does its share. Smaller layers stay on the caller.
 //!
 //! ```no_run
 //! let bytes = std::fs::read("model.onnx").unwrap();
@@ -23,8 +26,10 @@
 pub mod kernels;
 pub mod onnx;
 pub mod plan;
+mod team;
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -63,8 +68,25 @@ pub enum EngineError {
 /// Engine settings.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Worker threads; 0 = the CPUs this process may use.
+    /// Worker threads; 0 = `$EDGECP_INFER_THREADS`, else `$RAYON_NUM_THREADS`, else the
+    /// CPUs this process may use.
     pub threads: usize,
+    /// Multiply-adds per image from which a layer of a batch smaller than the thread count
+    /// is spread over the threads; smaller layers run on the calling thread alone. `None`
+    /// = `$EDGECP_INFER_SPLIT_WORK`, else [`DEFAULT_SPLIT_WORK`]; `Some(0)` splits every
+    /// layer, `Some(u64::MAX)` none.
+    pub split_work: Option<u64>,
+}
+
+/// Default of [`Options::split_work`]: 256k multiply-adds, about 5 us of one core at
+/// this engine's speed. A split layer costs the caller a helper job (a few microseconds
+/// when the helper has to be woken, which the caller does not wait for); measured on the
+/// 2-core EPYC (README, "Edge agent"), every layer of the exporter's network at batch 1
+/// (0.5M-4.7M multiply-adds) ran faster split than alone.
+pub const DEFAULT_SPLIT_WORK: u64 = 1 << 18;
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.trim().parse().ok()
 }
 
 /// A loaded model, ready to embed batches from any number of threads.
@@ -72,6 +94,19 @@ pub struct Engine {
     plan: Plan,
     pool: rayon::ThreadPool,
     threads: usize,
+    split_work: u64,
+    /// Scratch of the images that run on their caller's thread: at most `threads` of them
+    /// at once (more concurrent callers queue in the pool, as whole images), so the
+    /// engine's memory does not grow with the number of threads that call it.
+    slots: Mutex<Vec<Box<Slot>>>,
+}
+
+/// The buffers of one image run on its caller's thread.
+#[derive(Default)]
+struct Slot {
+    image: Scratch,
+    /// The caller's buffers for the units it runs of a split layer (helpers use theirs).
+    band: Mutex<Scratch>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -80,6 +115,7 @@ impl std::fmt::Debug for Engine {
             .field("input", &self.plan.input)
             .field("embedding_dim", &self.plan.dense.outputs)
             .field("threads", &self.threads)
+            .field("split_work", &self.split_work)
             .finish_non_exhaustive()
     }
 }
@@ -134,9 +170,19 @@ impl Engine {
 
     fn from_plan(plan: Plan, options: Options) -> Result<Engine, EngineError> {
         let threads = match options.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => env_number("EDGECP_INFER_THREADS")
+                .or_else(|| env_number("RAYON_NUM_THREADS"))
+                .filter(|&n| n > 0)
+                .map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    |n| n.min(1024) as usize,
+                ),
             n => n,
         };
+        let split_work = options
+            .split_work
+            .or_else(|| env_number("EDGECP_INFER_SPLIT_WORK"))
+            .unwrap_or(DEFAULT_SPLIT_WORK);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("infer-{i}"))
@@ -149,6 +195,8 @@ impl Engine {
             plan,
             pool,
             threads,
+            split_work,
+            slots: Mutex::new((0..threads).map(|_| Box::default()).collect()),
         })
     }
 
@@ -163,6 +211,12 @@ impl Engine {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Multiply-adds per image from which a layer of a small batch is split over the
+    /// threads ([`Options::split_work`]).
+    pub fn split_work(&self) -> u64 {
+        self.split_work
     }
 
     /// The graph's input and output names.
@@ -235,20 +289,43 @@ impl Engine {
         let n = input.len() / per;
         let f = self.plan.dense.features;
         let mut feats = vec![0.0f32; n * f];
-        self.pool.install(|| {
-            // whole rounds of images go one per thread; the rest split their layers
-            let by_image = (n / self.threads) * self.threads;
-            feats[..by_image * f]
-                .par_chunks_mut(f)
-                .zip(input[..by_image * per].par_chunks(per))
-                .for_each(|(out, x)| with_scratch(&IMAGE, |s| self.features(x, out, s, false)));
-            for (out, x) in feats[by_image * f..]
-                .chunks_mut(f)
-                .zip(input[by_image * per..].chunks(per))
-            {
-                with_scratch(&IMAGE, |s| self.features(x, out, s, true));
+        // whole rounds of images go one per thread; the rest run here, layers split
+        let by_image = if self.threads > 1 {
+            (n / self.threads) * self.threads
+        } else {
+            0
+        };
+        let (whole, rest) = feats.split_at_mut(by_image * f);
+        if by_image > 0 {
+            self.pool.install(|| {
+                whole
+                    .par_chunks_mut(f)
+                    .zip(input[..by_image * per].par_chunks(per))
+                    .for_each(|(out, x)| with_scratch(&IMAGE, |s| self.features(x, out, s, None)));
+            });
+        }
+        if !rest.is_empty() {
+            let x = &input[by_image * per..];
+            let slot = self.slots.lock().ok().and_then(|mut v| v.pop());
+            match slot {
+                Some(mut slot) => {
+                    for (out, xi) in rest.chunks_mut(f).zip(x.chunks(per)) {
+                        let Slot { image, band } = &mut *slot;
+                        self.features(xi, out, image, Some(band));
+                    }
+                    if let Ok(mut v) = self.slots.lock() {
+                        v.push(slot);
+                    }
+                }
+                // as many callers as threads are running images already: queue in the
+                // pool, whole images
+                None => self.pool.install(|| {
+                    for (out, xi) in rest.chunks_mut(f).zip(x.chunks(per)) {
+                        with_scratch(&IMAGE, |s| self.features(xi, out, s, None));
+                    }
+                }),
             }
-        });
+        }
         let mut y = self.dense(&feats, n);
         if let Some(eps) = self.plan.l2_eps {
             for row in y.chunks_mut(self.plan.dense.outputs) {
@@ -262,94 +339,143 @@ impl Engine {
         Ok(y)
     }
 
-    /// The features (input of the dense layer, NHWC order) of one image. `split`: spread
-    /// each layer over the pool's threads (called inside `pool.install`).
-    fn features(&self, x: &[f32], out: &mut [f32], s: &mut Scratch, split: bool) {
-        s.a.clear();
-        s.a.extend_from_slice(x);
+    /// Whether a layer of `work` multiply-adds is spread over the threads (small batches).
+    fn split(&self, work: u64) -> bool {
+        self.threads > 1 && work >= self.split_work
+    }
+
+    /// The features (input of the dense layer, NHWC order) of one image. `band`: the
+    /// caller's scratch for its units of split layers; `None` runs every layer in this
+    /// thread (image-parallel mode).
+    fn features(&self, x: &[f32], out: &mut [f32], s: &mut Scratch, band: Option<&Mutex<Scratch>>) {
+        if s.a.len() < x.len() {
+            s.a.resize(x.len(), 0.0);
+        }
+        s.a[..x.len()].copy_from_slice(x);
         for &(scale, offset) in &self.plan.affine {
-            for v in s.a.iter_mut() {
+            for v in s.a[..x.len()].iter_mut() {
                 *v = *v * scale + offset;
             }
         }
         // ping-pong between two buffers taken out of the scratch (the block borrows the rest)
+        // (sized once to the largest activation: no zero-filling per layer)
         let (mut a, mut b) = (std::mem::take(&mut s.a), std::mem::take(&mut s.b));
+        let mut a_len = x.len();
         for block in &self.plan.convs {
             let (oh, ow, oc) = block.out_dims();
-            b.resize(oh * ow * oc, 0.0);
-            if split {
-                self.block_split(block, &a, &mut b);
-            } else {
-                run_block(block, &a, &mut b, s);
+            let b_len = oh * ow * oc;
+            if b.len() < b_len {
+                b.resize(b_len, 0.0);
+            }
+            let (x, y) = (&a[..a_len], &mut b[..b_len]);
+            match band {
+                Some(band) if self.split(block_work(block)) => {
+                    self.block_split(block, x, y, band, &mut s.pre_pool)
+                }
+                _ => run_block(block, x, y, s),
             }
             std::mem::swap(&mut a, &mut b);
+            a_len = b_len;
         }
         out.copy_from_slice(&a[..out.len()]);
         (s.a, s.b) = (a, b);
     }
 
-    /// One block on one image with its rows spread over the pool's threads.
-    fn block_split(&self, block: &ConvBlock, x: &[f32], out: &mut [f32]) {
+    /// One block on one image, its rows cut into units that the calling thread and the
+    /// pool's threads claim ([`team::run`]). `band`: the caller's scratch for its units;
+    /// `pre_pool`: the convolution's output when the pool is a separate pass.
+    fn block_split(
+        &self,
+        block: &ConvBlock,
+        x: &[f32],
+        out: &mut [f32],
+        band: &Mutex<Scratch>,
+        pre_pool: &mut Vec<f32>,
+    ) {
         let units = block_units(block);
-        let per = units.div_ceil(self.threads);
+        // two pieces per thread: a helper that starts late still finds work
+        let per = units.div_ceil(2 * self.threads).max(1);
+        let pieces = units.div_ceil(per);
         let unit_out = block_unit_out(block);
         let separate_pool = block.pool.is_some() && !block.pool_fused();
-        let mut conv_out = Vec::new();
         let target: &mut [f32] = if separate_pool {
-            conv_out.resize(units * unit_out, 0.0);
-            &mut conv_out
+            winograd::grow(pre_pool, units * unit_out);
+            &mut pre_pool[..units * unit_out]
         } else {
             out
         };
-        target
-            .par_chunks_mut(per * unit_out)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let u0 = i * per;
-                let u1 = (u0 + per).min(units);
-                with_scratch(&BAND, |s| block_rows(block, x, u0, u1, s, o))
-            });
+        let len = target.len();
+        let base = SendPtr(target.as_mut_ptr());
+        team::run(&self.pool, self.threads - 1, pieces, &|i, helper| {
+            let (u0, u1) = (i * per, ((i + 1) * per).min(units));
+            let (o0, o1) = (u0 * unit_out, (u1 * unit_out).min(len));
+            // SAFETY: pieces cover disjoint ranges o0..o1 of `target`, which outlives
+            // `team::run`, and each piece runs once.
+            let o = unsafe { std::slice::from_raw_parts_mut(base.get().add(o0), o1 - o0) };
+            if helper {
+                with_scratch(&BAND, |s| block_rows(block, x, u0, u1, s, o));
+            } else if let Ok(mut s) = band.lock() {
+                block_rows(block, x, u0, u1, &mut s, o);
+            } else {
+                block_rows(block, x, u0, u1, &mut Scratch::default(), o);
+            }
+        });
         if let (true, Some(p)) = (separate_pool, block.pool) {
             let sh = block.shape;
-            max_pool(p, &conv_out, sh.out_h(), sh.out_w(), sh.out_c, out);
+            max_pool(
+                p,
+                &pre_pool[..units * unit_out],
+                sh.out_h(),
+                sh.out_w(),
+                sh.out_c,
+                out,
+            );
         }
     }
 
     /// `feats · W + b` for `n` rows, split over the threads by rows (large batches) or by
-    /// output columns (small ones, where the weights dominate).
+    /// output columns (small ones, where reading the weights dominates).
     fn dense(&self, feats: &[f32], n: usize) -> Vec<f32> {
         let d = &self.plan.dense;
         let (f, e) = (d.features, d.outputs);
         let mut y = vec![0.0f32; n * e];
         let t = self.threads;
-        self.pool.install(|| {
-            if n >= 2 * t {
-                let per = n.div_ceil(t);
+        if t > 1 && n >= 2 * t {
+            let per = n.div_ceil(t);
+            self.pool.install(|| {
                 y.par_chunks_mut(per * e)
                     .zip(feats.par_chunks(per * f))
                     .for_each(|(yo, xi)| {
                         let m = xi.len() / f;
                         matmul(m, e, f, xi, f, &d.w, e, yo, e);
                     });
-            } else {
-                let per = e.div_ceil(t);
-                let parts: Vec<(usize, Vec<f32>)> = (0..e.div_ceil(per))
-                    .into_par_iter()
-                    .map(|j| {
-                        let (e0, e1) = (j * per, ((j + 1) * per).min(e));
-                        let mut part = vec![0.0f32; n * (e1 - e0)];
-                        matmul(n, e1 - e0, f, feats, f, &d.w[e0..], e, &mut part, e1 - e0);
-                        (e0, part)
-                    })
-                    .collect();
-                for (e0, part) in parts {
-                    let cols = part.len() / n;
-                    for (row, src) in y.chunks_mut(e).zip(part.chunks(cols)) {
-                        row[e0..e0 + cols].copy_from_slice(src);
-                    }
+            });
+        } else if self.split((n * f * e) as u64) && e >= 2 {
+            // column pieces of whole vector registers where possible, two per thread
+            let per = e.div_ceil(2 * t).next_multiple_of(16).min(e);
+            let pieces = e.div_ceil(per);
+            // piece-major parts: piece j is n x (its columns), contiguous
+            let mut parts = vec![0.0f32; n * e];
+            let base = SendPtr(parts.as_mut_ptr());
+            team::run(&self.pool, t - 1, pieces, &|j, _| {
+                let (e0, e1) = (j * per, ((j + 1) * per).min(e));
+                // SAFETY: piece j owns parts[n * e0..n * e1], disjoint from the others;
+                // `parts` outlives `team::run`.
+                let part = unsafe {
+                    std::slice::from_raw_parts_mut(base.get().add(n * e0), n * (e1 - e0))
+                };
+                matmul(n, e1 - e0, f, feats, f, &d.w[e0..], e, part, e1 - e0);
+            });
+            for j in 0..pieces {
+                let (e0, e1) = (j * per, ((j + 1) * per).min(e));
+                let part = &parts[n * e0..n * e1];
+                for (row, src) in y.chunks_mut(e).zip(part.chunks(e1 - e0)) {
+                    row[e0..e1].copy_from_slice(src);
                 }
             }
-        });
+        } else {
+            matmul(n, e, f, feats, f, &d.w, e, &mut y, e);
+        }
         for row in y.chunks_mut(e) {
             for (v, b) in row.iter_mut().zip(&d.b) {
                 *v += b;
@@ -360,6 +486,32 @@ impl Engine {
         }
         y
     }
+}
+
+/// A raw pointer that disjoint pieces of one buffer are carved from on several threads.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: every use carves disjoint ranges (see the call sites).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Multiply-adds of one block on one image, as computed (Winograd: the transformed
+/// products, not the direct convolution's).
+fn block_work(block: &ConvBlock) -> u64 {
+    let s = &block.shape;
+    let macs = match block.winograd_shape() {
+        Some(ws) => ws.tile_rows() * ws.tile_cols() * ws.tile.points() * ws.c * ws.o,
+        None => s.out_h() * s.out_w() * s.patch() * s.out_c,
+    };
+    macs as u64
 }
 
 /// Units a block's output splits into: Winograd tile rows, or im2col output rows.
@@ -422,10 +574,11 @@ fn run_block(block: &ConvBlock, x: &[f32], out: &mut [f32], s: &mut Scratch) {
     match block.pool {
         Some(p) if !block.pool_fused() => {
             let mut pre = std::mem::take(&mut s.pre_pool);
-            pre.resize(units * block_unit_out(block), 0.0);
-            block_rows(block, x, 0, units, s, &mut pre);
+            let len = units * block_unit_out(block);
+            winograd::grow(&mut pre, len);
+            block_rows(block, x, 0, units, s, &mut pre[..len]);
             let sh = block.shape;
-            max_pool(p, &pre, sh.out_h(), sh.out_w(), sh.out_c, out);
+            max_pool(p, &pre[..len], sh.out_h(), sh.out_w(), sh.out_c, out);
             s.pre_pool = pre;
         }
         _ => block_rows(block, x, 0, units, s, out),

@@ -110,7 +110,8 @@ pub fn conv_rows(
     while y < y1 {
         let yb = (y + band).min(y1);
         let px = (yb - y) * ow;
-        cols.resize(px * patch, 0.0);
+        super::winograd::grow(cols, px * patch);
+        let cols = &mut cols[..px * patch];
         fill_cols(s, x, y, yb, cols);
         let dst = &mut out[(y - y0) * ow * o_n..(yb - y0) * ow * o_n];
         matmul(px, o_n, patch, cols, patch, w, o_n, dst, o_n);

@@ -4,16 +4,17 @@
 //!
 //! The element-wise passes are written over fixed-width lane arrays so that the compiler
 //! vectorises them; [`dispatch!`] compiles each such pass a second time with AVX-512 or
-//! AVX2 enabled and picks the widest the CPU has at run time.
+//! AVX2 enabled and picks the widest the CPU has at run time ([`isa`]).
 
 pub mod im2col;
+pub mod isa;
 pub mod matmul;
 pub mod pool;
 pub mod winograd;
 
-/// Calls `$generic(args)` compiled for the best instruction set the CPU offers: on
-/// x86_64 with AVX-512F or AVX2+FMA through a `#[target_feature]` copy, elsewhere as is
-/// (aarch64 always has NEON, which the baseline build already uses).
+/// Calls `$generic(args)` compiled for the instruction set [`isa::isa`] picks: on x86_64
+/// AVX-512F or AVX2+FMA through a `#[target_feature]` copy, elsewhere as is (aarch64
+/// always has NEON, which the baseline build already uses).
 macro_rules! dispatch {
     ($generic:ident $(::<$($g:tt),*>)? ( $($arg:expr),* $(,)? )) => {{
         #[cfg(target_arch = "x86_64")]
@@ -22,16 +23,16 @@ macro_rules! dispatch {
             unsafe fn avx512<'a>(f: impl FnOnce() + 'a) { f() }
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2<'a>(f: impl FnOnce() + 'a) { f() }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked just above).
-                unsafe { avx512(#[inline(always)] || $generic$(::<$($g),*>)?($($arg),*)) }
-            } else if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                unsafe { avx2(#[inline(always)] || $generic$(::<$($g),*>)?($($arg),*)) }
-            } else {
-                $generic$(::<$($g),*>)?($($arg),*)
+            match $crate::kernels::isa::isa() {
+                // SAFETY: isa() reports only what the CPU has.
+                $crate::kernels::isa::Isa::Avx512 => unsafe {
+                    avx512(#[inline(always)] || $generic$(::<$($g),*>)?($($arg),*))
+                },
+                // SAFETY: as above.
+                $crate::kernels::isa::Isa::Avx2 => unsafe {
+                    avx2(#[inline(always)] || $generic$(::<$($g),*>)?($($arg),*))
+                },
+                $crate::kernels::isa::Isa::Baseline => $generic$(::<$($g),*>)?($($arg),*),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -472,6 +472,13 @@ fn output_transform_generic<const FULL: bool, const F4: bool>(
     }
 }
 
+/// Makes `v` at least `n` long.
+pub(crate) fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
 /// Scratch of one thread.
 #[derive(Default)]
 pub struct WinogradScratch {
@@ -504,8 +511,9 @@ pub fn conv_rows(
     while ty < ty1 {
         let tb = (ty + band).min(ty1);
         let nt = (tb - ty) * tw;
-        scratch.v.resize(p * nt * c_n, 0.0);
-        scratch.m.resize(p * nt * o_n, 0.0);
+        // grown, never shrunk: no zero-filling per call (every value used is written first)
+        grow(&mut scratch.v, p * nt * c_n);
+        grow(&mut scratch.m, p * nt * o_n);
         let v = &mut scratch.v[..p * nt * c_n];
         match (s.tile, full_in) {
             (Tile::F2, true) => dispatch!(input_transform_generic::<true, false>(s, x, ty, tb, v)),
