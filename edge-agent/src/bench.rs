@@ -4,7 +4,7 @@
 //! in the same run.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
@@ -30,12 +30,14 @@ pub struct BenchArgs {
     /// Timed batch-1 calls.
     #[arg(long, default_value_t = 500)]
     pub iters: usize,
-    /// Python with onnxruntime and NumPy for the baseline (default: $EDGECP_PYTHON or python3).
-    #[arg(long, env = "EDGECP_PYTHON")]
+    /// Python with onnxruntime and NumPy for the baseline (default: $EDGECP_PYTHON, else
+    /// the test venv `scripts/pyenv.sh` of the source tree creates once and prints, as
+    /// `trainer bench` does).
+    #[arg(long)]
     pub python: Option<PathBuf>,
-    /// The baseline script.
-    #[arg(long, default_value = "scripts/py/bench_ort.py")]
-    pub script: PathBuf,
+    /// The baseline script (default: scripts/py/bench_ort.py of the source tree).
+    #[arg(long)]
+    pub script: Option<PathBuf>,
 }
 
 fn ppm(side: usize, px: &[u8]) -> Vec<u8> {
@@ -104,6 +106,51 @@ fn probe(child: &mut std::process::Child, t0: Instant, body: &[u8]) -> Result<(f
     Ok((cold, rss_kb / 1024.0))
 }
 
+/// The CPU's model name (`/proc/cpuinfo`; `None` elsewhere): ratios differ between CPU
+/// families, so every figure says where it was measured.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|v| v.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// The Python side's figures (`None`, with a warning, when there is no Python with
+/// onnxruntime or the script fails: the bench still prints ours).
+fn baseline(a: &BenchArgs, bundle: &Path) -> Option<serde_json::Value> {
+    let python = match shared::pyenv::python_for(a.python.as_deref(), "EDGECP_PYTHON", None) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "no Python baseline");
+            return None;
+        }
+    };
+    let script = a
+        .script
+        .clone()
+        .unwrap_or_else(|| shared::pyenv::source_file("scripts/py/bench_ort.py"));
+    let py = Command::new(&python)
+        .arg(&script)
+        .arg(bundle)
+        .args(["--iters", &a.iters.to_string()])
+        .output();
+    match py {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok()),
+        Ok(o) => {
+            tracing::warn!(python = %python.display(), script = %script.display(), stderr = %String::from_utf8_lossy(&o.stderr), "the Python baseline failed");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, python = %python.display(), "cannot run the Python baseline");
+            None
+        }
+    }
+}
+
 pub fn run(
     a: &BenchArgs,
     _file: &FileConfig,
@@ -153,26 +200,7 @@ pub fn run(
     let thr = (64 * n) as f64 / t.elapsed().as_secs_f64();
     let (cold_ms, rss_mb) = serve_figures(&r, &files[0])?;
 
-    let python = a.python.clone().unwrap_or_else(|| PathBuf::from("python3"));
-    let py = Command::new(&python)
-        .arg(&a.script)
-        .arg(&r.bundle)
-        .args(["--iters", &a.iters.to_string()])
-        .output();
-    let baseline: Option<serde_json::Value> = match py {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok()),
-        Ok(o) => {
-            tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr), "the Python baseline failed");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, python = %python.display(), "cannot run the Python baseline");
-            None
-        }
-    };
+    let baseline = baseline(a, &r.bundle);
     let p50 = percentile(&raw, 0.5);
     let b = baseline.as_ref();
     let their_p50 = b.and_then(|v| v["p50_b1_us"].as_f64());
@@ -190,6 +218,8 @@ pub fn run(
         "throughput_b64_ratio": their_thr.map(|t| thr / t),
         "rss_mb": rss_mb,
         "cold_start_ms": cold_ms,
+        "cpu": cpu_model(),
+        "isa": infer::kernels::isa::isa().name(),
     });
     if !a.json {
         eprintln!(

@@ -8,5 +8,6 @@ pub mod error_text;
 pub mod icp;
 pub mod image;
 pub mod progress;
+pub mod pyenv;
 pub mod silhouette;
 pub mod store;

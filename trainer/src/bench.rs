@@ -157,7 +157,7 @@ fn read_f64(path: &Path) -> Result<Vec<f64>> {
 }
 
 fn source_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    shared::pyenv::source_root()
 }
 
 fn find_python(args: &IcpBenchArgs) -> Result<PathBuf> {
@@ -165,37 +165,10 @@ fn find_python(args: &IcpBenchArgs) -> Result<PathBuf> {
 }
 
 /// The Python to compare against: `explicit`, else the environment variable `var`, else
-/// the venv `scripts/pyenv.sh [requirements]` creates (once) and prints.
+/// the venv `scripts/pyenv.sh [requirements]` creates (once) and prints
+/// ([`shared::pyenv::python_for`]).
 fn python_for(explicit: Option<&Path>, var: &str, requirements: Option<&str>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    if let Ok(p) = std::env::var(var) {
-        if !p.trim().is_empty() {
-            return Ok(PathBuf::from(p.trim()));
-        }
-    }
-    let script = source_root().join("scripts/pyenv.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script);
-    if let Some(r) = requirements {
-        cmd.arg(source_root().join(r));
-    }
-    let out = cmd.output().with_context(|| {
-        format!(
-            "running {} (or pass --python / set {var})",
-            script.display()
-        )
-    })?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}; pass --python or set {var}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let s = String::from_utf8_lossy(&out.stdout);
-    Ok(PathBuf::from(s.lines().last().unwrap_or("").trim()))
+    Ok(shared::pyenv::python_for(explicit, var, requirements)?)
 }
 
 /// Temporary directory removed on drop.
