@@ -82,11 +82,12 @@ pub fn run(
         pool.spawn(move || u.work(true));
     }
     units.work(false);
-    // Every unit is claimed; wait for the ones helpers are running (a few microseconds of
-    // spinning, then yielding the core in case a helper shares it).
+    // Every unit is claimed; wait for the ones helpers are running: at most one unit's
+    // time (tens of microseconds) when the helper has a core; 4k spins (0.1-0.5 ms
+    // depending on the CPU's pause) before yielding the core, in case a helper shares it.
     let mut spins = 0u32;
     while units.done.load(Ordering::Acquire) < count {
-        if spins < 1 << 14 {
+        if spins < 1 << 12 {
             std::hint::spin_loop();
             spins += 1;
         } else {
