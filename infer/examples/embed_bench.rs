@@ -26,14 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(s) => Some(s.parse()?),
         None => None,
     };
-    let engine = infer::Engine::from_onnx(
-        &bytes,
-        path,
-        infer::Options {
-            threads,
-            split_work,
-        },
-    )?;
+    let engine = infer::Engine::from_onnx(&bytes, path, infer::Options { threads })?
+        .with_split_work(split_work);
     let (h, w, c) = engine.input_dims();
     // deterministic pixel values in 0..255
     let x: Vec<f32> = (0..batch * h * w * c)

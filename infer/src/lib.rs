@@ -11,7 +11,7 @@
 //! Parallelism: a batch of at least as many images as threads is split by image (each
 //! thread runs whole images, so every activation stays in its cache). The images left over
 //! (a batch of 1) run on the calling thread, with no hand-off to the pool: each layer
-//! with enough work ([`Options::split_work`]) is cut into units that the caller and
+//! with enough work ([`Engine::with_split_work`]) is cut into units that the caller and
 //! helper threads claim from a shared counter ([`team`]), so a helper that is slow to wake
 //! costs nothing: the caller does its share. Smaller layers stay on the caller.
 //!
@@ -71,14 +71,9 @@ pub struct Options {
     /// Worker threads; 0 = `$EDGECP_INFER_THREADS`, else `$RAYON_NUM_THREADS`, else the
     /// CPUs this process may use.
     pub threads: usize,
-    /// Multiply-adds per image from which a layer of a batch smaller than the thread count
-    /// is spread over the threads; smaller layers run on the calling thread alone. `None`
-    /// = `$EDGECP_INFER_SPLIT_WORK`, else [`DEFAULT_SPLIT_WORK`]; `Some(0)` splits every
-    /// layer, `Some(u64::MAX)` none.
-    pub split_work: Option<u64>,
 }
 
-/// Default of [`Options::split_work`]: 256k multiply-adds, about 5 us of one core at
+/// Default of [`Engine::with_split_work`]: 256k multiply-adds, about 5 us of one core at
 /// this engine's speed. Splitting a layer costs the caller one helper job per helper
 /// thread (posting it, and a futex wake when the helper sleeps: a few microseconds) but
 /// never a wait for a wake-up ([`team`]), so the threshold only has to keep that cost
@@ -183,10 +178,7 @@ impl Engine {
                 ),
             n => n,
         };
-        let split_work = options
-            .split_work
-            .or_else(|| env_number("EDGECP_INFER_SPLIT_WORK"))
-            .unwrap_or(DEFAULT_SPLIT_WORK);
+        let split_work = env_number("EDGECP_INFER_SPLIT_WORK").unwrap_or(DEFAULT_SPLIT_WORK);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("infer-{i}"))
@@ -217,10 +209,21 @@ impl Engine {
         self.threads
     }
 
-    /// Multiply-adds per image from which a layer of a small batch is split over the
-    /// threads ([`Options::split_work`]).
+    /// Multiply-adds per image from which a layer of a batch smaller than the thread
+    /// count is spread over the threads ([`Engine::with_split_work`]).
     pub fn split_work(&self) -> u64 {
         self.split_work
+    }
+
+    /// Sets the multiply-adds per image from which a layer of a batch smaller than the
+    /// thread count is spread over the threads; smaller layers run on the calling thread
+    /// alone. `None` = `$EDGECP_INFER_SPLIT_WORK`, else [`DEFAULT_SPLIT_WORK`] (what a new
+    /// engine has); `Some(0)` splits every layer, `Some(u64::MAX)` none.
+    pub fn with_split_work(mut self, split_work: Option<u64>) -> Engine {
+        self.split_work = split_work
+            .or_else(|| env_number("EDGECP_INFER_SPLIT_WORK"))
+            .unwrap_or(DEFAULT_SPLIT_WORK);
+        self
     }
 
     /// The graph's input and output names.

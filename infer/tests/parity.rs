@@ -309,11 +309,9 @@ fn matches_tract_on_networks_of_every_shape() {
         let bytes = build(net, &mut rng).encode_to_vec();
         // small batches: 2 threads split every layer (units shared with a helper), 3 none
         for (threads, split_work) in [(1, None), (2, Some(0)), (3, Some(u64::MAX))] {
-            let options = Options {
-                threads,
-                split_work,
-            };
-            let engine = Engine::from_onnx(&bytes, "test.onnx", options).expect("engine loads");
+            let engine = Engine::from_onnx(&bytes, "test.onnx", Options { threads })
+                .expect("engine loads")
+                .with_split_work(split_work);
             assert_eq!(engine.embedding_dim(), net.embedding);
             for n in [1, 2, 5] {
                 let x = pixels(&mut rng, n * net.side * net.side * 3);
@@ -496,14 +494,7 @@ fn corrupted_models_never_panic() {
                 b.splice(at..at, extra);
             }
         }
-        match Engine::from_onnx(
-            &b,
-            "fuzz.onnx",
-            Options {
-                threads: 1,
-                split_work: None,
-            },
-        ) {
+        match Engine::from_onnx(&b, "fuzz.onnx", Options { threads: 1 }) {
             Ok(e) => {
                 loaded += 1;
                 let (h, w, c) = e.input_dims();
@@ -536,13 +527,11 @@ fn concurrent_callers_get_the_same_answers() {
     let engine = Engine::from_onnx(
         &build(&net, &mut rng).encode_to_vec(),
         "m",
-        // every layer of a batch of 1 split: callers beyond the 2 slots queue in the pool
-        Options {
-            threads: 2,
-            split_work: Some(0),
-        },
+        Options { threads: 2 },
     )
-    .unwrap();
+    .unwrap()
+    // every layer of a batch of 1 split: callers beyond the 2 slots queue in the pool
+    .with_split_work(Some(0));
     let inputs: Vec<Vec<f32>> = (0..8)
         .map(|i| pixels(&mut rng, (1 + (i % 2) * 3) * 32 * 32 * 3))
         .collect();
