@@ -8,10 +8,18 @@
 //! epsilon = 0.05            # default: the bundle's icp.epsilon
 //! listen = "127.0.0.1:8080"
 //! alert_rule = "not_singleton"
+//! feedback_token_file = "/etc/edgecp/feedback.token"   # /v1/feedback needs it as a bearer token
+//! admin_token_file = "/etc/edgecp/admin.token"         # /v1/validity/reset needs it
 //! [limits]
 //! max_body_bytes = 4194304
 //! timeout_ms = 5000
 //! concurrency = 64
+//! max_image_side = 8192
+//! max_decoded_bytes = 67108864
+//! request_budget_bytes = 67108864
+//! decode_budget_bytes = 134217728
+//! header_read_timeout_ms = 5000
+//! body_read_timeout_ms = 5000
 //! [validity]
 //! delta = 0.01
 //! ```
@@ -44,6 +52,18 @@ pub struct Limits {
     pub timeout_ms: Option<u64>,
     pub concurrency: Option<usize>,
     pub max_batch: Option<usize>,
+    /// Widest or tallest image decoded, in pixels.
+    pub max_image_side: Option<u32>,
+    /// Most bytes decoding one image may allocate (from its header, before decoding).
+    pub max_decoded_bytes: Option<u64>,
+    /// Bytes all requests in flight may hold at once for bodies and parsed JSON (beyond: 503).
+    pub request_budget_bytes: Option<usize>,
+    /// Bytes all image decodes in flight may allocate at once (beyond: wait).
+    pub decode_budget_bytes: Option<u64>,
+    /// Time a connection has to send a request's headers (also the idle keep-alive time).
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time a request has to send its whole body.
+    pub body_read_timeout_ms: Option<u64>,
 }
 
 /// Online validity settings.
@@ -68,6 +88,11 @@ pub struct FileConfig {
     pub alert_rule: Option<AlertRule>,
     /// `none`, `memory` or (feature `gpio`) `/dev/gpiochipN:LINE`.
     pub pin: Option<String>,
+    /// A file holding the bearer token `/v1/feedback` requires (none: any client holding a
+    /// prediction id may label it).
+    pub feedback_token_file: Option<PathBuf>,
+    /// A file holding the bearer token `/v1/validity/reset` requires (none: reset disabled).
+    pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub validity: ValiditySection,
 }
@@ -96,9 +121,16 @@ mod tests {
     #[test]
     fn a_full_file_parses_and_unknown_keys_are_refused() {
         let c: FileConfig = toml::from_str(
-            "bundle = \"b\"\nkey = \"k\"\nruntime = \"tflite\"\nepsilon = 0.1\nalert_rule = \"empty\"\n[limits]\nconcurrency = 4\n[validity]\ndelta = 0.05\n",
+            "bundle = \"b\"\nkey = \"k\"\nruntime = \"tflite\"\nepsilon = 0.1\nalert_rule = \"empty\"\nadmin_token_file = \"a.token\"\n[limits]\nconcurrency = 4\nmax_image_side = 4096\nmax_decoded_bytes = 1000\nrequest_budget_bytes = 2000\ndecode_budget_bytes = 3000\nheader_read_timeout_ms = 100\nbody_read_timeout_ms = 200\n[validity]\ndelta = 0.05\n",
         )
         .unwrap();
+        assert_eq!(c.admin_token_file, Some(PathBuf::from("a.token")));
+        assert_eq!(c.limits.max_image_side, Some(4096));
+        assert_eq!(c.limits.max_decoded_bytes, Some(1000));
+        assert_eq!(c.limits.request_budget_bytes, Some(2000));
+        assert_eq!(c.limits.decode_budget_bytes, Some(3000));
+        assert_eq!(c.limits.header_read_timeout_ms, Some(100));
+        assert_eq!(c.limits.body_read_timeout_ms, Some(200));
         assert_eq!(c.runtime, Some(Runtime::Tflite));
         assert_eq!(c.alert_rule, Some(AlertRule::Empty));
         assert_eq!(c.limits.concurrency, Some(4));

@@ -15,7 +15,7 @@ use edge_agent::input::image_input;
 use edge_agent::pipeline;
 use edge_agent::predictor::parse_ncm;
 use edge_agent::runtime::Runtime;
-use edge_agent::server::{self, AppState, Limits};
+use edge_agent::server::{self, Access, AppState, Limits};
 use edge_agent::slot::ModelSlot;
 use edge_agent::validity::ValidityConfig;
 
@@ -109,18 +109,54 @@ struct ServeArgs {
     /// Assurance output: none, memory, or (feature gpio) /dev/gpiochipN:LINE.
     #[arg(long, env = "EDGE_AGENT_PIN")]
     pin: Option<String>,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes (413 beyond; default 8 MiB).
     #[arg(long, env = "EDGE_AGENT_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
-    /// Time limit per request in milliseconds.
+    /// Time limit per request in milliseconds, from its headers to its answer, waiting for
+    /// a worker included (408 beyond; default 10000).
     #[arg(long, env = "EDGE_AGENT_TIMEOUT_MS")]
     timeout_ms: Option<u64>,
-    /// Requests handled at once (more wait).
+    /// Prediction and feedback requests worked on at once, after their body has arrived
+    /// (more wait, within their timeout; default 64). /healthz, /metrics and /v1/model
+    /// never wait.
     #[arg(long, env = "EDGE_AGENT_CONCURRENCY")]
     concurrency: Option<usize>,
     /// Most inputs in one batch request.
     #[arg(long, env = "EDGE_AGENT_MAX_BATCH")]
     max_batch: Option<usize>,
+    /// Widest or tallest image decoded, in pixels, read from the image's header before
+    /// decoding (413 beyond; default 8192).
+    #[arg(long, env = "EDGE_AGENT_MAX_IMAGE_SIDE")]
+    max_image_side: Option<u32>,
+    /// Most bytes decoding one image may allocate, estimated from its header before
+    /// decoding (413 beyond; default 64 MiB: a 12-megapixel photo decodes).
+    #[arg(long, env = "EDGE_AGENT_MAX_DECODED_BYTES")]
+    max_decoded_bytes: Option<u64>,
+    /// Bytes all requests in flight may hold together for bodies (as they arrive), parsed
+    /// JSON and batch pixels (503 with Retry-After beyond; default 64 MiB).
+    #[arg(long, env = "EDGE_AGENT_REQUEST_BUDGET_BYTES")]
+    request_budget_bytes: Option<usize>,
+    /// Bytes all image decodes in flight may allocate together (more wait their turn;
+    /// default 128 MiB). At least --max-decoded-bytes.
+    #[arg(long, env = "EDGE_AGENT_DECODE_BUDGET_BYTES")]
+    decode_budget_bytes: Option<u64>,
+    /// Time a connection has to send a request's headers, in milliseconds; also how long
+    /// an idle keep-alive connection stays open (default 5000).
+    #[arg(long, env = "EDGE_AGENT_HEADER_READ_TIMEOUT_MS")]
+    header_read_timeout_ms: Option<u64>,
+    /// Time a request has to send its whole body, in milliseconds (408 beyond; default
+    /// 5000).
+    #[arg(long, env = "EDGE_AGENT_BODY_READ_TIMEOUT_MS")]
+    body_read_timeout_ms: Option<u64>,
+    /// File holding the bearer token /v1/feedback requires. Without it any client holding
+    /// an answer's id may label that answer; on a device, give the token to the
+    /// labelled-data source only.
+    #[arg(long, env = "EDGE_AGENT_FEEDBACK_TOKEN_FILE")]
+    feedback_token_file: Option<PathBuf>,
+    /// File holding the bearer token /v1/validity/reset requires (without it the reset is
+    /// disabled: the drift alarm and violation flag stay latched until a restart).
+    #[arg(long, env = "EDGE_AGENT_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Drift alarm when the conformal test martingale reaches 1/delta.
     #[arg(long, env = "EDGE_AGENT_DELTA")]
     delta: Option<f64>,
@@ -280,6 +316,65 @@ fn pin_line(spec: &str) -> Result<Option<Box<dyn Line>>> {
     }
 }
 
+/// A token file's content, trimmed; it must not be empty.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let t = t.trim();
+    if t.len() < 16 {
+        bail!(
+            "token file {}: the token must have at least 16 characters",
+            path.display()
+        );
+    }
+    Ok(t.to_string())
+}
+
+fn serve_limits(a: &ServeArgs, file: &FileConfig) -> Result<Limits> {
+    let d = Limits::default();
+    let fl = &file.limits;
+    let ms = Duration::from_millis;
+    let limits = Limits {
+        max_body_bytes: a
+            .max_body_bytes
+            .or(fl.max_body_bytes)
+            .unwrap_or(d.max_body_bytes),
+        timeout: a.timeout_ms.or(fl.timeout_ms).map_or(d.timeout, ms),
+        concurrency: a
+            .concurrency
+            .or(fl.concurrency)
+            .unwrap_or(d.concurrency)
+            .max(1),
+        max_batch: a.max_batch.or(fl.max_batch).unwrap_or(d.max_batch).max(1),
+        max_image_side: a
+            .max_image_side
+            .or(fl.max_image_side)
+            .unwrap_or(d.max_image_side),
+        max_decoded_bytes: a
+            .max_decoded_bytes
+            .or(fl.max_decoded_bytes)
+            .unwrap_or(d.max_decoded_bytes),
+        request_budget_bytes: a
+            .request_budget_bytes
+            .or(fl.request_budget_bytes)
+            .unwrap_or(d.request_budget_bytes),
+        decode_budget_bytes: a
+            .decode_budget_bytes
+            .or(fl.decode_budget_bytes)
+            .unwrap_or(d.decode_budget_bytes),
+        header_read_timeout: a
+            .header_read_timeout_ms
+            .or(fl.header_read_timeout_ms)
+            .map_or(d.header_read_timeout, ms),
+        body_read_timeout: a
+            .body_read_timeout_ms
+            .or(fl.body_read_timeout_ms)
+            .map_or(d.body_read_timeout, ms),
+    };
+    limits.check().context("limits")?;
+    Ok(limits)
+}
+
 fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode> {
     let mut r = resolve(&a.model, file)?;
     r.opts.warm_up = a.warm_up;
@@ -294,23 +389,20 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
     let rule = a.alert_rule.or(file.alert_rule).unwrap_or_default();
     let pin = a.pin.as_deref().or(file.pin.as_deref()).unwrap_or("none");
     let assurance = pin_line(pin)?.map(|l| Assurance::new(rule, l));
-    let d = Limits::default();
-    let fl = &file.limits;
-    let limits = Limits {
-        max_body_bytes: a
-            .max_body_bytes
-            .or(fl.max_body_bytes)
-            .unwrap_or(d.max_body_bytes),
-        timeout: a
-            .timeout_ms
-            .or(fl.timeout_ms)
-            .map_or(d.timeout, Duration::from_millis),
-        concurrency: a
-            .concurrency
-            .or(fl.concurrency)
-            .unwrap_or(d.concurrency)
-            .max(1),
-        max_batch: a.max_batch.or(fl.max_batch).unwrap_or(d.max_batch).max(1),
+    let limits = serve_limits(a, file)?;
+    let access = Access {
+        feedback_token: a
+            .feedback_token_file
+            .as_ref()
+            .or(file.feedback_token_file.as_ref())
+            .map(|p| read_token(p))
+            .transpose()?,
+        admin_token: a
+            .admin_token_file
+            .as_ref()
+            .or(file.admin_token_file.as_ref())
+            .map(|p| read_token(p))
+            .transpose()?,
     };
     let dv = ValidityConfig::default();
     let validity = ValidityConfig {
@@ -327,10 +419,14 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
         .clone()
         .or_else(|| file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
+    // blocking work (decode, inference) holds a place in the worker pool until it ends,
+    // so at most `concurrency` blocking tasks run; a few threads more for the rest
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(limits.concurrency.saturating_add(4))
         .build()
         .context("starting the async runtime")?;
+    let drain = limits.timeout + limits.header_read_timeout;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
@@ -342,6 +438,7 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
             assurance,
             validity,
             limits,
+            access,
         );
         // tests and scripts read the bound address from this line
         println!("listening http://{addr}");
@@ -350,6 +447,8 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
             .await
             .context("HTTP server")
     })?;
+    // blocking work of requests that are gone ends at its next step; do not wait longer
+    rt.shutdown_timeout(drain);
     Ok(ExitCode::SUCCESS)
 }
 

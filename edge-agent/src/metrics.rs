@@ -1,5 +1,6 @@
 //! Prometheus text-format metrics: request counts by route and status, latency histograms
-//! by route, prediction set sizes, and the validity figures (rendered by the server).
+//! by route, prediction set sizes, work stopped because its request was gone, and the
+//! validity figures (rendered by the server).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -23,6 +24,7 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     set_sizes: BTreeMap<usize, u64>,
     alerts: u64,
+    cancelled: BTreeMap<&'static str, u64>,
 }
 
 /// The service's counters.
@@ -60,6 +62,12 @@ impl Metrics {
             *g.set_sizes.entry(s).or_default() += 1;
         }
         g.alerts += alerts;
+    }
+
+    /// Blocking work stopped at `stage` because its request was gone (timed out, client
+    /// left).
+    pub fn cancelled(&self, stage: &'static str) {
+        *self.lock().cancelled.entry(stage).or_default() += 1;
     }
 
     /// Appends the metrics in Prometheus text format.
@@ -121,5 +129,16 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE edge_agent_assurance_alerts_total counter");
         let _ = writeln!(out, "edge_agent_assurance_alerts_total {}", g.alerts);
+        let _ = writeln!(
+            out,
+            "# HELP edge_agent_work_cancelled_total Blocking work stopped before its next step because its request was gone, by step."
+        );
+        let _ = writeln!(out, "# TYPE edge_agent_work_cancelled_total counter");
+        for (stage, n) in &g.cancelled {
+            let _ = writeln!(
+                out,
+                "edge_agent_work_cancelled_total{{stage=\"{stage}\"}} {n}"
+            );
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! Online validity: true labels arrive later (`POST /v1/feedback`, by prediction id) and
 //! two things are tracked per active model.
 //!
+//! Prediction ids are 128 random bits ([`PredictionId`]): only whoever saw an answer can
+//! label it. The alarm and the violation flag latch until [`Monitor::reset`], an explicit
+//! action that is logged.
+//!
 //! 1. The empirical error rate (true label outside the prediction set) with an exact
 //!    Clopper-Pearson interval; `violation` when its lower end is above the mean epsilon.
 //! 2. A conformal test martingale. Each labelled example gets the smoothed conformal
@@ -17,6 +21,7 @@ use std::sync::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use serde::Serializer;
 
 use crate::bundle_loader::LoadedModel;
 use crate::stats::clopper_pearson;
@@ -51,14 +56,47 @@ impl Default for ValidityConfig {
     }
 }
 
+/// The id of an answer: 128 bits from a CSPRNG (rand's thread RNG, ChaCha12 seeded and
+/// reseeded from the OS), written as 32 hex digits. Unguessable, so feedback by id labels
+/// only answers its sender has seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PredictionId(u128);
+
+impl PredictionId {
+    /// A fresh random id.
+    pub fn random() -> PredictionId {
+        PredictionId(rand::rng().random())
+    }
+
+    /// Parses the 32-hex-digit form; `None` for anything else.
+    pub fn parse(s: &str) -> Option<PredictionId> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(PredictionId)
+    }
+}
+
+impl std::fmt::Display for PredictionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl Serialize for PredictionId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Why feedback was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FeedbackError {
-    #[error("no pending prediction with id {0} (unknown, already labelled, or expired)")]
-    UnknownId(u64),
+    #[error("no pending prediction with id {0:?} (unknown, already labelled, or expired)")]
+    UnknownId(String),
     #[error("prediction {id} was made by model {made_by}, the active model is {active}")]
     OtherModel {
-        id: u64,
+        id: String,
         made_by: String,
         active: String,
     },
@@ -96,11 +134,13 @@ pub struct ValiditySnapshot {
     /// Labelled examples seen when the martingale first crossed 1/delta.
     pub alarm_after: Option<u64>,
     pub pending: usize,
+    /// Explicit resets of the figures so far ([`Monitor::reset`]).
+    pub resets: u64,
 }
 
 struct State {
-    pending: HashMap<u64, Pending>,
-    order: VecDeque<u64>,
+    pending: HashMap<PredictionId, Pending>,
+    order: VecDeque<PredictionId>,
     feedback: u64,
     errors: u64,
     epsilon_sum: f64,
@@ -109,6 +149,7 @@ struct State {
     log_m: [f64; K_GRID],
     rng: ChaCha8Rng,
     alarm_after: Option<u64>,
+    resets: u64,
 }
 
 /// The online validity monitor of one model.
@@ -116,6 +157,8 @@ pub struct Monitor {
     model_id: String,
     mondrian: bool,
     cfg: ValidityConfig,
+    /// The calibration bags, sorted (what a reset returns to).
+    calibration: Vec<Vec<f64>>,
     state: Mutex<State>,
 }
 
@@ -166,11 +209,13 @@ impl Monitor {
                 feedback: 0,
                 errors: 0,
                 epsilon_sum: 0.0,
-                bags,
+                bags: bags.clone(),
                 log_m: [0.0; K_GRID],
                 rng: ChaCha8Rng::seed_from_u64(cfg.seed),
                 alarm_after: None,
+                resets: 0,
             }),
+            calibration: bags,
             cfg,
         }
     }
@@ -186,8 +231,36 @@ impl Monitor {
         }
     }
 
+    /// Starts the figures afresh: error counts, the martingale, the alarm and the
+    /// violation flag, and the bags back to the calibration scores (predictions waiting for
+    /// their label stay). Logged as a warning with `who` and `why`; returns the figures
+    /// before the reset.
+    pub fn reset(&self, who: &str, why: &str) -> ValiditySnapshot {
+        let mut s = self.lock();
+        let before = self.snapshot_of(&s);
+        s.feedback = 0;
+        s.errors = 0;
+        s.epsilon_sum = 0.0;
+        s.bags = self.calibration.clone();
+        s.log_m = [0.0; K_GRID];
+        s.alarm_after = None;
+        s.resets += 1;
+        tracing::warn!(
+            model_id = %self.model_id,
+            who,
+            why,
+            feedback_before = before.feedback,
+            errors_before = before.errors,
+            alarm_before = before.alarm,
+            violation_before = before.violation,
+            martingale_before = before.martingale,
+            "validity: figures, drift alarm and violation flag reset"
+        );
+        before
+    }
+
     /// Remembers a prediction until its label arrives.
-    pub fn record(&self, id: u64, embedding: &[f32], set: &[u16], epsilon: f64) {
+    pub fn record(&self, id: PredictionId, embedding: &[f32], set: &[u16], epsilon: f64) {
         let mut s = self.lock();
         while s.order.len() >= self.cfg.max_pending {
             if let Some(old) = s.order.pop_front() {
@@ -208,13 +281,13 @@ impl Monitor {
     /// The true label of prediction `id`, scored with `model` (the active one).
     pub fn feedback(
         &self,
-        id: u64,
+        id: &str,
         label: u16,
         model: &LoadedModel,
     ) -> Result<ValiditySnapshot, FeedbackError> {
         if model.model_id() != self.model_id {
             return Err(FeedbackError::OtherModel {
-                id,
+                id: id.to_string(),
                 made_by: self.model_id.clone(),
                 active: model.model_id().to_string(),
             });
@@ -225,8 +298,10 @@ impl Monitor {
         }
         let p = {
             let mut s = self.lock();
-            let p = s.pending.remove(&id).ok_or(FeedbackError::UnknownId(id))?;
-            s.order.retain(|&o| o != id);
+            let unknown = || FeedbackError::UnknownId(id.chars().take(64).collect());
+            let key = PredictionId::parse(id).ok_or_else(unknown)?;
+            let p = s.pending.remove(&key).ok_or_else(unknown)?;
+            s.order.retain(|&o| o != key);
             p
         };
         let alpha = model
@@ -314,6 +389,7 @@ impl Monitor {
             alarm: s.alarm_after.is_some(),
             alarm_after: s.alarm_after,
             pending: s.pending.len(),
+            resets: s.resets,
         }
     }
 }
@@ -396,5 +472,51 @@ mod tests {
         assert_eq!((s.feedback, s.errors), (100, 5));
         assert!((s.error_rate_ci_low - 0.01643187).abs() < 1e-6);
         assert!(!s.violation);
+    }
+
+    #[test]
+    fn ids_are_random_hex_and_parse_back() {
+        let a = PredictionId::random();
+        let b = PredictionId::random();
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(PredictionId::parse(&text), Some(a));
+        assert_eq!(serde_json::to_value(a).unwrap(), serde_json::json!(text));
+        for bad in [
+            "",
+            "1",
+            "999999",
+            &text[1..],
+            &format!("{text}0"),
+            "g".repeat(32).as_str(),
+        ] {
+            assert_eq!(PredictionId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_alarm_latches_until_an_explicit_reset() {
+        let cal: Vec<f64> = (0..100).map(|i| i as f64 / 100.0).collect();
+        let m = Monitor::with_bags("m", vec![cal], false, cfg(0.01, 0));
+        // scores far above every calibration score: p-values near 0, errors
+        let mut s = m.snapshot();
+        for _ in 0..50 {
+            s = m.observe(5.0, 0, true, 0.05);
+        }
+        assert!(s.alarm && s.violation, "{s:?}");
+        // ordinary labels afterwards do not clear it
+        for i in 0..50 {
+            s = m.observe(i as f64 / 50.0, 0, false, 0.05);
+        }
+        assert!(s.alarm && s.violation, "{s:?}");
+        let before = m.reset("test", "cleared after inspection");
+        assert!(before.alarm && before.violation);
+        let s = m.snapshot();
+        assert!(
+            !s.alarm && !s.violation && s.feedback == 0 && s.martingale == 1.0,
+            "{s:?}"
+        );
+        assert_eq!(s.resets, 1);
     }
 }

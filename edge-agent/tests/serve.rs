@@ -145,7 +145,9 @@ fn the_service_answers_refuses_bad_input_tracks_validity_and_stops_on_sigterm() 
     let (st, body) = s.request("POST", "/v1/predict", "image/png", &png(64, 48, 3));
     assert_eq!(st, 200, "{body}");
     let a: Value = serde_json::from_str(&body).unwrap();
-    let id = a["id"].as_u64().unwrap();
+    // an unguessable id: 128 random bits as 32 hex digits
+    let id = a["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "{id}");
     assert_eq!(a["p_values"].as_array().unwrap().len(), 43);
     let (st, body) = s.request(
         "POST",
@@ -200,7 +202,7 @@ fn the_service_answers_refuses_bad_input_tracks_validity_and_stops_on_sigterm() 
         (
             "/v1/feedback",
             "application/json",
-            b"{\"id\": 999999, \"label\": 1}".to_vec(),
+            b"{\"id\": \"000000000000000000000000000f423f\", \"label\": 1}".to_vec(),
             404,
         ),
     ];

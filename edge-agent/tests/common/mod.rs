@@ -221,3 +221,153 @@ pub fn http(addr: &str, method: &str, path: &str, ctype: &str, body: &[u8]) -> (
         .unwrap_or_default();
     (status, body)
 }
+
+/// A PNG of `w x h` RGB pixels, all one colour but for a short stripe in the first row,
+/// streamed row by row (no `w * h * 3` buffer): a decompression bomb of a few hundred KB
+/// that decodes to `w * h * 3` bytes.
+pub fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Balanced);
+        let mut writer = enc.write_header().unwrap();
+        let mut stream = writer.stream_writer().unwrap();
+        let mut row = vec![90u8; w as usize * 3];
+        for (i, v) in row.iter_mut().take(300).enumerate() {
+            *v = (i * 7) as u8;
+        }
+        stream.write_all(&row).unwrap();
+        let flat = vec![90u8; w as usize * 3];
+        for _ in 1..h {
+            stream.write_all(&flat).unwrap();
+        }
+        stream.finish().unwrap();
+    }
+    out
+}
+
+/// An image that exists only as a function: one colour, `w x h`.
+struct Flat(u32, u32);
+
+impl image::GenericImageView for Flat {
+    type Pixel = image::Rgb<u8>;
+    fn dimensions(&self) -> (u32, u32) {
+        (self.0, self.1)
+    }
+    fn get_pixel(&self, x: u32, y: u32) -> image::Rgb<u8> {
+        image::Rgb([(x / 64) as u8, (y / 64) as u8, 128])
+    }
+}
+
+/// A baseline JPEG of `w x h` smooth pixels, encoded block by block (no `w * h * 3`
+/// buffer): a few MB that decode to `w * h * 3` bytes.
+pub fn jpeg_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 10)
+        .encode_image(&Flat(w, h))
+        .unwrap();
+    out
+}
+
+/// `serve` under an address-space limit (`RLIMIT_AS`, bytes) with its stderr written to
+/// `log`; `Err(log)` if it exits instead of listening.
+pub fn start_limited(
+    bundle: &Path,
+    key: &Path,
+    extra: &[&str],
+    address_space: u64,
+    log: &Path,
+) -> Result<Server, String> {
+    use std::os::unix::process::CommandExt;
+    let err = std::fs::File::create(log).unwrap();
+    let mut cmd = agent();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--bundle"])
+        .arg(bundle)
+        .arg("--key")
+        .arg(key)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(err);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: address_space as libc::rlim_t,
+                rlim_max: address_space as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    if let Some(addr) = line.trim().strip_prefix("listening http://") {
+        return Ok(Server {
+            child,
+            addr: addr.to_string(),
+        });
+    }
+    let status = child.wait().unwrap();
+    Err(format!(
+        "{status}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    ))
+}
+
+/// A field of `/proc/<pid>/status` in kB (`VmHWM`: peak resident memory, `VmRSS`).
+pub fn proc_kb(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// One HTTP/1.1 request (Connection: close) with extra header lines (each ending in
+/// `\r\n`) and a time limit for the whole exchange; errors instead of panics.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+    ctype: &str,
+    body: &[u8],
+    limit: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    // the server may answer (413) and close before the whole body is sent
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of a metric line that starts with `prefix` (name and labels), if present.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

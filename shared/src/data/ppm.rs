@@ -21,12 +21,32 @@ pub fn read_ppm(path: &Path) -> Result<RgbImage> {
     parse_ppm(&bytes, path)
 }
 
-/// Parses PPM bytes (`P6` or `P3`); `path` only names the input in errors.
-pub fn parse_ppm(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+/// A PPM header: what the file declares, read without touching its pixel data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PpmHeader {
+    pub width: usize,
+    pub height: usize,
+    pub maxval: usize,
+    binary: bool,
+    /// Where the header's last number ends.
+    end: usize,
+}
+
+impl PpmHeader {
+    /// Bytes of the decoded RGB image (`width * height * 3`, saturating).
+    pub fn pixel_bytes(&self) -> u64 {
+        (self.width as u64)
+            .saturating_mul(self.height as u64)
+            .saturating_mul(3)
+    }
+}
+
+/// Reads a PPM header (`P6` or `P3`): magic, width, height, maxval. Errors name `path`.
+pub fn read_header(bytes: &[u8], path: &Path) -> Result<PpmHeader> {
     let bad = |what: String| DataError::malformed(path, what);
-    let magic = match bytes.get(..2) {
-        Some(b"P6") => Magic::Binary,
-        Some(b"P3") => Magic::Plain,
+    let binary = match bytes.get(..2) {
+        Some(b"P6") => true,
+        Some(b"P3") => false,
         Some(other) => {
             return Err(bad(format!(
                 "not a PPM image: magic {:?}, expected \"P6\" (or \"P3\")",
@@ -52,10 +72,50 @@ pub fn parse_ppm(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     if !(1..=65535).contains(&maxval) {
         return Err(bad(format!("bad maxval {maxval}: must be 1..=65535")));
     }
+    Ok(PpmHeader {
+        width,
+        height,
+        maxval,
+        binary,
+        end: cur.pos,
+    })
+}
+
+/// Parses PPM bytes (`P6` or `P3`); `path` only names the input in errors.
+pub fn parse_ppm(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    parse_ppm_limited(bytes, path, usize::MAX)
+}
+
+/// [`parse_ppm`], refusing (before allocating) an image whose `width * height * 3` bytes
+/// exceed `max_bytes`.
+pub fn parse_ppm_limited(bytes: &[u8], path: &Path, max_bytes: usize) -> Result<RgbImage> {
+    let bad = |what: String| DataError::malformed(path, what);
+    let header = read_header(bytes, path)?;
+    let PpmHeader {
+        width,
+        height,
+        maxval,
+        ..
+    } = header;
+    let magic = if header.binary {
+        Magic::Binary
+    } else {
+        Magic::Plain
+    };
+    let mut cur = Cursor {
+        bytes,
+        pos: header.end,
+    };
     let samples = width
         .checked_mul(height)
         .and_then(|n| n.checked_mul(3))
         .ok_or_else(|| bad(format!("bad dimensions {width}x{height}: too large")))?;
+    if samples > max_bytes {
+        return Err(bad(format!(
+            "image of {width}x{height} pixels needs {samples} bytes, more than the limit of \
+             {max_bytes}"
+        )));
+    }
 
     let data = match magic {
         Magic::Binary => {
@@ -288,6 +348,32 @@ mod tests {
         assert!(e.contains("truncated"), "{e}");
         let e = err(b"P");
         assert!(e.contains("not a PPM"), "{e}");
+    }
+
+    #[test]
+    fn the_limit_is_checked_before_allocating() {
+        let img = p6(4, 3, 255, &[7; 36]);
+        assert_eq!(
+            parse_ppm_limited(&img, Path::new("a"), 36)
+                .unwrap()
+                .data
+                .len(),
+            36
+        );
+        let e = parse_ppm_limited(&img, Path::new("a"), 35)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limit"), "{e}");
+        // a header promising 3 GB in a 20-byte file: refused by the limit, nothing allocated
+        let e = parse_ppm_limited(b"P3\n40000 30000\n255\n", Path::new("a"), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limit"), "{e}");
+        let h = read_header(b"P6\n40000 30000\n255\n", Path::new("a")).unwrap();
+        assert_eq!(
+            (h.width, h.height, h.pixel_bytes()),
+            (40000, 30000, 3_600_000_000)
+        );
     }
 
     #[test]
