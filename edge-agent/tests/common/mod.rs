@@ -146,6 +146,21 @@ pub fn agent() -> Command {
     c
 }
 
+/// The server once `child` printed its "listening http://ADDR" line; the child back if it
+/// printed something else (it is exiting: the caller reports why).
+fn listening(mut child: Child) -> Result<Server, Child> {
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    match line.trim().strip_prefix("listening http://") {
+        Some(addr) => Ok(Server {
+            addr: addr.to_string(),
+            child,
+        }),
+        None => Err(child),
+    }
+}
+
 /// A running `edge-agent serve`, killed on drop.
 pub struct Server {
     pub child: Child,
@@ -155,7 +170,7 @@ pub struct Server {
 impl Server {
     /// Starts `serve` on a free loopback port; `Err(stderr)` if it exits instead.
     pub fn start(bundle: &Path, key: &Path, extra: &[&str]) -> Result<Server, String> {
-        let mut child = agent()
+        let child = agent()
             .args(["serve", "--listen", "127.0.0.1:0", "--bundle"])
             .arg(bundle)
             .arg("--key")
@@ -165,15 +180,10 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        if let Some(addr) = line.trim().strip_prefix("listening http://") {
-            return Ok(Server {
-                child,
-                addr: addr.to_string(),
-            });
-        }
+        let mut child = match listening(child) {
+            Ok(server) => return Ok(server),
+            Err(child) => child,
+        };
         let status = child.wait().unwrap();
         let mut err = String::new();
         child
@@ -303,16 +313,10 @@ pub fn start_limited(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    if let Some(addr) = line.trim().strip_prefix("listening http://") {
-        return Ok(Server {
-            child,
-            addr: addr.to_string(),
-        });
-    }
+    let mut child = match listening(cmd.spawn().unwrap()) {
+        Ok(server) => return Ok(server),
+        Err(child) => child,
+    };
     let status = child.wait().unwrap();
     Err(format!(
         "{status}: {}",
