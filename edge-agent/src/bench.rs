@@ -11,9 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use edge_agent::config::FileConfig;
-use edge_agent::input::image_input;
-use edge_agent::pipeline;
-use edge_agent::stats::percentile;
+use edge_agent::model::pipeline;
+use edge_agent::monitoring::stats::percentile;
+use edge_agent::serving::input::image_input;
 use serde_json::json;
 
 use crate::{load_model, ModelArgs, Resolved};

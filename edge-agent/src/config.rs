@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::assurance::AlertRule;
-use crate::runtime::Runtime;
+use crate::model::runtime::Runtime;
+use crate::monitoring::assurance::AlertRule;
 
 /// Why the configuration file could not be used.
 #[derive(Debug, thiserror::Error)]

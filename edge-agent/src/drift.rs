@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use edge_agent::bundle_loader::LoadedModel;
-use edge_agent::validity::{Monitor, ValidityConfig};
+use edge_agent::model::loader::LoadedModel;
+use edge_agent::monitoring::validity::{Monitor, ValidityConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -107,7 +107,7 @@ fn scores(
             .iter()
             .flat_map(|&i| shift.apply(set.image(i), &mut rng))
             .collect();
-        let (answers, emb) = edge_agent::pipeline::answer(model, &x, epsilon)?;
+        let (answers, emb) = edge_agent::model::pipeline::answer(model, &x, epsilon)?;
         let dim = model.predictor.dim();
         for (k, &i) in chunk.iter().enumerate() {
             let label = set.labels[i];

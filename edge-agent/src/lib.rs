@@ -1,20 +1,16 @@
-//! The edge agent: verified bundle loading ([`bundle_loader`]), inference ([`runtime`]),
-//! conformal prediction sets ([`predictor`]), the swappable active model ([`slot`]), the
-//! assurance output ([`assurance`]), online validity ([`validity`]) and the HTTP service
-//! ([`server`]).
+//! The edge agent, in parts:
+//!
+//! - [`model`]: verified bundle loading, the inference runtimes, conformal prediction sets
+//!   and the swappable slot that holds the serving model;
+//! - [`serving`]: the HTTP service, input decoding, metrics;
+//! - [`monitoring`]: online validity, the assurance output and the statistics they share;
+//! - [`rollout`]: signed commands, the sans-IO rollout state machine and the IO around it
+//!   (downloads, activation, health gate);
+//! - [`mqtt`]: the broker connection (the only module that speaks MQTT).
 
-pub mod assurance;
-pub mod bundle_loader;
 pub mod config;
-pub mod input;
-pub mod memory;
-pub mod metrics;
-#[cfg(feature = "ort")]
-pub mod ort_engine;
-pub mod pipeline;
-pub mod predictor;
-pub mod runtime;
-pub mod server;
-pub mod slot;
-pub mod stats;
-pub mod validity;
+pub mod model;
+pub mod monitoring;
+pub mod mqtt;
+pub mod rollout;
+pub mod serving;

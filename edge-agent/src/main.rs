@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use edge_agent::assurance::{AlertRule, Assurance, Line, MemoryPin};
-use edge_agent::bundle_loader::{self, LoadOptions, LoadedModel};
 use edge_agent::config::FileConfig;
-use edge_agent::input::image_input;
-use edge_agent::pipeline;
-use edge_agent::predictor::parse_ncm;
-use edge_agent::runtime::Runtime;
-use edge_agent::server::{self, Access, AppState, Limits};
-use edge_agent::slot::ModelSlot;
-use edge_agent::validity::ValidityConfig;
+use edge_agent::model::loader::{self, LoadOptions, LoadedModel};
+use edge_agent::model::pipeline;
+use edge_agent::model::predictor::parse_ncm;
+use edge_agent::model::runtime::Runtime;
+use edge_agent::model::slot::ModelSlot;
+use edge_agent::monitoring::assurance::{AlertRule, Assurance, Line, MemoryPin};
+use edge_agent::monitoring::validity::ValidityConfig;
+use edge_agent::serving::http::{self, Access, AppState, Limits};
+use edge_agent::serving::input::image_input;
 
 mod bench;
 mod drift;
@@ -200,7 +200,7 @@ fn resolve(a: &ModelArgs, file: &FileConfig) -> Result<Resolved> {
 /// Reads the key and loads the bundle (every check); errors say what failed.
 pub fn load_model(r: &Resolved) -> Result<LoadedModel> {
     let key = shared::bundle::keys::read_public(&r.key)?;
-    let m = bundle_loader::load(&r.bundle, &key, &r.opts)?;
+    let m = loader::load(&r.bundle, &key, &r.opts)?;
     tracing::info!(
         model_id = m.model_id(),
         runtime = m.engine.runtime().name(),
@@ -289,7 +289,7 @@ fn predict(a: &PredictArgs, file: &FileConfig) -> Result<ExitCode> {
 fn verify(a: &ModelArgs, file: &FileConfig) -> Result<ExitCode> {
     let r = resolve(a, file)?;
     let key = shared::bundle::keys::read_public(&r.key)?;
-    let (b, tests) = bundle_loader::verify(&r.bundle, &key)?;
+    let (b, tests) = loader::verify(&r.bundle, &key)?;
     println!(
         "{}",
         serde_json::json!({ "ok": true, "model_id": b.manifest.model_id, "manifest_sha256": b.manifest_sha256, "self_test": tests })
@@ -308,7 +308,7 @@ fn pin_line(spec: &str) -> Result<Option<Box<dyn Line>>> {
                 .context("--pin for GPIO is /dev/gpiochipN:LINE")?;
             let line: u32 = line.parse().context("--pin: LINE is a number")?;
             Ok(Some(
-                edge_agent::assurance::gpio_line(chip, line).map_err(anyhow::Error::msg)?,
+                edge_agent::monitoring::assurance::gpio_line(chip, line).map_err(anyhow::Error::msg)?,
             ))
         }
         #[cfg(not(feature = "gpio"))]
@@ -443,7 +443,7 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
         // tests and scripts read the bound address from this line
         println!("listening http://{addr}");
         tracing::info!(%addr, epsilon, ready_ms = t_start.elapsed().as_secs_f64() * 1e3, "serving");
-        server::serve(listener, state, server::shutdown_signal())
+        http::serve(listener, state, http::shutdown_signal())
             .await
             .context("HTTP server")
     })?;
@@ -454,7 +454,7 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
 
 fn main() -> ExitCode {
     let t_start = Instant::now();
-    edge_agent::memory::return_freed_memory();
+    edge_agent::serving::memory::return_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -7,18 +7,15 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use edge_agent::assurance::{AlertRule, Assurance, MemoryPin};
-use edge_agent::bundle_loader::{self, LoadError, LoadOptions};
-use edge_agent::predictor::Predictor;
-use edge_agent::runtime::Runtime;
+use edge_agent::model::loader::{self, LoadError, LoadOptions};
+use edge_agent::model::predictor::Predictor;
+use edge_agent::model::runtime::Runtime;
+use edge_agent::monitoring::assurance::{AlertRule, Assurance, MemoryPin};
 use shared::bundle::{self, keys, BundleError};
 use shared::icp::{NcmKind, PValueMode};
 
-fn load(
-    dir: &Path,
-    key: &ed25519_dalek::VerifyingKey,
-) -> Result<bundle_loader::LoadedModel, LoadError> {
-    bundle_loader::load(dir, key, &LoadOptions::default())
+fn load(dir: &Path, key: &ed25519_dalek::VerifyingKey) -> Result<loader::LoadedModel, LoadError> {
+    loader::load(dir, key, &LoadOptions::default())
 }
 
 #[test]
@@ -44,7 +41,7 @@ fn a_good_bundle_loads_with_every_runtime_and_answers() {
             runtime,
             ..LoadOptions::default()
         };
-        let t = bundle_loader::load(&dir, &vk, &opts).unwrap();
+        let t = loader::load(&dir, &vk, &opts).unwrap();
         assert_eq!(t.engine.runtime(), runtime);
         let file = if runtime == Runtime::Tflite {
             "model.tflite"
@@ -53,17 +50,17 @@ fn a_good_bundle_loads_with_every_runtime_and_answers() {
         };
         assert!(t.self_test.file.ends_with(file), "{:?}", t.self_test);
         let b = t.engine.embed(&x).unwrap();
-        let d = edge_agent::runtime::max_abs_diff(&a, &b);
+        let d = edge_agent::model::runtime::max_abs_diff(&a, &b);
         assert!(d < 1e-4, "native vs {runtime:?}: {d}");
     }
-    let (answers, _) = edge_agent::pipeline::answer(&m, &x, 0.05).unwrap();
+    let (answers, _) = edge_agent::model::pipeline::answer(&m, &x, 0.05).unwrap();
     assert_eq!(answers.len(), 37);
     for a in &answers {
         assert_eq!(a.p_values.len(), 43);
         assert!(a.credibility <= 1.0 && a.confidence <= 1.0);
         assert_eq!(a.set.len(), a.labels.len());
     }
-    let (_, tests) = bundle_loader::verify(&dir, &vk).unwrap();
+    let (_, tests) = loader::verify(&dir, &vk).unwrap();
     let ran: Vec<&str> = tests.iter().map(|t| t.runtime.as_str()).collect();
     let mut want = vec!["native", "tract"];
     if cfg!(feature = "ort") {
@@ -159,11 +156,11 @@ fn the_ort_runtime_serves_the_onnx_file_and_agrees_with_native() {
         runtime: Runtime::Ort,
         ..LoadOptions::default()
     };
-    let m = bundle_loader::load(&dir, &vk, &opts).unwrap();
+    let m = loader::load(&dir, &vk, &opts).unwrap();
     assert_eq!(m.self_test.runtime, "ort");
     assert!(m.self_test.max_abs_diff <= 1e-4, "{:?}", m.self_test);
     let x: Vec<f32> = (0..5 * 32 * 32 * 3).map(|i| (i * 7 % 256) as f32).collect();
-    let d = edge_agent::runtime::max_abs_diff(
+    let d = edge_agent::model::runtime::max_abs_diff(
         &m.engine.embed(&x).unwrap(),
         &native.engine.embed(&x).unwrap(),
     );
@@ -181,7 +178,7 @@ fn the_ort_runtime_says_which_build_has_it() {
         runtime: Runtime::Ort,
         ..LoadOptions::default()
     };
-    let msg = bundle_loader::load(&dir, &key.verifying_key(), &opts)
+    let msg = loader::load(&dir, &key.verifying_key(), &opts)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("--features ort"), "{msg}");
@@ -285,7 +282,7 @@ fn a_file_replaced_after_verification_is_never_used() {
     let x: Vec<f32> = (0..8 * 32 * 32 * 3)
         .map(|i| ((i * 31) % 256) as f32)
         .collect();
-    let want = edge_agent::pipeline::answer(&load(&dir, &vk).unwrap(), &x, 0.05)
+    let want = edge_agent::model::pipeline::answer(&load(&dir, &vk).unwrap(), &x, 0.05)
         .unwrap()
         .0;
     let good = std::fs::read(dir.join("reference.safetensors")).unwrap();
@@ -322,7 +319,7 @@ fn a_file_replaced_after_verification_is_never_used() {
     while served < 25 && t0.elapsed() < Duration::from_secs(60) {
         match load(&dir, &vk) {
             Ok(m) => {
-                let got = edge_agent::pipeline::answer(&m, &x, 0.05).unwrap().0;
+                let got = edge_agent::model::pipeline::answer(&m, &x, 0.05).unwrap().0;
                 assert_eq!(
                     got,
                     want,

@@ -291,7 +291,7 @@ fn a_bounded_concurrent_load_gets_no_errors() {
     let errors: u32 = results.iter().map(|r| r.0).sum();
     let mut lat: Vec<f64> = results.into_iter().flat_map(|r| r.1).collect();
     lat.sort_by(f64::total_cmp);
-    let p = |q: f64| edge_agent::stats::percentile(&lat, q);
+    let p = |q: f64| edge_agent::monitoring::stats::percentile(&lat, q);
     println!(
         "load: {} requests from {clients} clients in {wall:.2} s ({:.0}/s), errors {errors}, p50 {:.2} ms, p99 {:.2} ms",
         lat.len(),

@@ -17,8 +17,8 @@ use shared::bundle::golden::{Golden, GoldenError};
 use shared::bundle::{self, BundleError, VerifiedBundle};
 use shared::icp::NcmKind;
 
-use crate::predictor::{Predictor, PredictorError};
-use crate::runtime::{max_abs_diff, Engine, ModelFormat, Runtime, RuntimeError};
+use crate::model::predictor::{Predictor, PredictorError};
+use crate::model::runtime::{max_abs_diff, Engine, ModelFormat, Runtime, RuntimeError};
 
 /// Why a bundle was refused.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,7 @@ pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<Loaded
     let predictor = predictor_of(&b, ncm, engine.embedding_dim())?;
     // the other files' bytes and the reference data are not needed any more
     b.release_files();
-    crate::memory::trim();
+    crate::serving::memory::trim();
     Ok(LoadedModel {
         bundle: b,
         engine,

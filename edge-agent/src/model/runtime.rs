@@ -130,7 +130,7 @@ pub enum Engine {
     Native(NativeEngine),
     Tract(TractEngine),
     #[cfg(feature = "ort")]
-    Ort(crate::ort_engine::OrtEngine),
+    Ort(crate::model::ort_engine::OrtEngine),
 }
 
 impl Engine {
@@ -151,7 +151,7 @@ impl Engine {
                 side,
             )?)),
             #[cfg(feature = "ort")]
-            Runtime::Ort => Ok(Engine::Ort(crate::ort_engine::OrtEngine::new(
+            Runtime::Ort => Ok(Engine::Ort(crate::model::ort_engine::OrtEngine::new(
                 file, &bytes, side,
             )?)),
             #[cfg(not(feature = "ort"))]

@@ -23,8 +23,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde::Serializer;
 
-use crate::bundle_loader::LoadedModel;
-use crate::stats::clopper_pearson;
+use crate::model::loader::LoadedModel;
+use crate::monitoring::stats::clopper_pearson;
 
 /// Mixture grid of the power martingale's betting exponents k.
 const K_GRID: usize = 20;

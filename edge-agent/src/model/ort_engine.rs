@@ -13,7 +13,7 @@ use ort::ep;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::runtime::RuntimeError;
+use crate::model::runtime::RuntimeError;
 
 /// Loads the library and sets up the process's onnxruntime environment once.
 fn environment() -> Result<Environment, String> {

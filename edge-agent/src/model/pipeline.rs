@@ -1,14 +1,14 @@
 //! One pass from model input to answers: embed a batch with the engine, then the
 //! conformal predictor. Shared by the CLI, the HTTP service and the benchmark.
 
-use crate::bundle_loader::LoadedModel;
-use crate::predictor::Answer;
+use crate::model::loader::LoadedModel;
+use crate::model::predictor::Answer;
 
 /// Why a batch could not be answered (the model's side: a 5xx over HTTP).
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("{0}")]
-    Runtime(#[from] crate::runtime::RuntimeError),
+    Runtime(#[from] crate::model::runtime::RuntimeError),
     #[error("conformal predictor: {0}")]
     Icp(#[from] shared::icp::IcpError),
 }

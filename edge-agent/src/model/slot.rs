@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::bundle_loader::LoadedModel;
+use crate::model::loader::LoadedModel;
 
 /// Holds the model that answers requests.
 #[derive(Debug)]

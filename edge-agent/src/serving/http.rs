@@ -1,7 +1,7 @@
 //! The HTTP service (axum on hyper's HTTP/1 server): predictions, model information,
 //! health, metrics, feedback.
 //!
-//! Every request runs against one snapshot of the active model (see [`crate::slot`]).
+//! Every request runs against one snapshot of the active model (see [`crate::model::slot`]).
 //! Bad input is a 4xx with a JSON message. What bounds the service:
 //!
 //! - per connection: the time to send a request's headers (`header_read_timeout`, also the
@@ -44,14 +44,14 @@ use serde_json::json;
 use shared::image::DecodeLimits;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::assurance::Assurance;
-use crate::bundle_loader::LoadedModel;
-use crate::input::{check_tensor, image_input_limited, InputError};
-use crate::metrics::Metrics;
-use crate::pipeline;
-use crate::predictor::Answer;
-use crate::slot::ModelSlot;
-use crate::validity::{FeedbackError, Monitor, PredictionId, ValidityConfig};
+use crate::model::loader::LoadedModel;
+use crate::model::pipeline;
+use crate::model::predictor::Answer;
+use crate::model::slot::ModelSlot;
+use crate::monitoring::assurance::Assurance;
+use crate::monitoring::validity::{FeedbackError, Monitor, PredictionId, ValidityConfig};
+use crate::serving::input::{check_tensor, image_input_limited, InputError};
+use crate::serving::metrics::Metrics;
 
 /// Limits of the service.
 #[derive(Clone, Debug)]
