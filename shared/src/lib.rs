@@ -3,6 +3,7 @@
 //! model bundles (manifest, hashes, ed25519 signatures).
 
 pub mod bundle;
+pub mod command;
 pub mod data;
 pub mod error_text;
 pub mod icp;
