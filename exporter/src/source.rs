@@ -58,6 +58,28 @@ struct EvaluationView {
     icp_settings: Option<RunIcp>,
     nc_accuracy: Option<f64>,
     knn_accuracy: Option<f64>,
+    #[serde(default)]
+    validity: Vec<ValidityView>,
+}
+
+/// One epsilon of the run's validation figures (older reports lack `empty` and
+/// `mean_set_size`).
+#[derive(Deserialize)]
+struct ValidityView {
+    epsilon: f64,
+    error_rate: f64,
+    empty: Option<f64>,
+    mean_set_size: Option<f64>,
+}
+
+/// The manifest's key for a validation figure at `epsilon`: `validation_<what>_eps050`
+/// for 0.05. The agent's health gate reads `validation_empty_eps*` and
+/// `validation_mean_set_size_eps*`.
+pub fn validation_key(what: &str, epsilon: f64) -> String {
+    format!(
+        "validation_{what}_eps{:03}",
+        (epsilon * 1000.0).round() as u32
+    )
 }
 
 fn apply_report(src: &mut RunSource, bytes: &[u8], origin: &str) -> Result<()> {
@@ -75,6 +97,17 @@ fn apply_report(src: &mut RunSource, bytes: &[u8], origin: &str) -> Result<()> {
         ] {
             if let Some(v) = v {
                 src.metrics.entry(k.to_string()).or_insert(v);
+            }
+        }
+        for r in &e.validity {
+            for (what, v) in [
+                ("error_rate", Some(r.error_rate)),
+                ("empty", r.empty),
+                ("mean_set_size", r.mean_set_size),
+            ] {
+                if let Some(v) = v.filter(|v| v.is_finite()) {
+                    src.metrics.insert(validation_key(what, r.epsilon), v);
+                }
             }
         }
     }

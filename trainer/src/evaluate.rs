@@ -52,6 +52,10 @@ pub struct ValidityCheck {
     /// error_rate <= epsilon + 3 sigma_tracks
     pub within_3_sigma_tracks: bool,
     pub singleton: f64,
+    /// Fraction of empty sets and the mean set size: a device's health gate compares its
+    /// own answers with these (through the bundle's manifest).
+    pub empty: f64,
+    pub mean_set_size: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -181,6 +185,8 @@ pub fn evaluate(
                 sigma_tracks,
                 within_3_sigma_tracks: r.error_rate <= r.epsilon + 3.0 * sigma_tracks,
                 singleton: r.singleton,
+                empty: r.empty,
+                mean_set_size: r.mean_set_size,
             }
         })
         .collect();
