@@ -1,1 +1,4 @@
 //! Rollouts.
+
+pub mod disk;
+pub mod download;
