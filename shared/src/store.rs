@@ -178,6 +178,26 @@ impl Cloud {
 /// `azure_storage_use_emulator`, ...), `GoogleConfigKey` names for `gs://`
 /// (`google_service_account`, `google_base_url`, ...). Ignored for local locations.
 pub fn open_with_options(location: &str, options: &[(&str, &str)]) -> Result<Location, StoreError> {
+    open_configured(location, options, None)
+}
+
+/// [`open_with_options`] with `object_store`'s own request retries set by `retry`: a caller
+/// that retries, times and resumes requests itself (the agent's bundle download) passes
+/// `max_retries: 0`, so that a failure reaches it at once instead of after minutes of
+/// hidden retries. Ignored for local locations.
+pub fn open_with_retry(
+    location: &str,
+    options: &[(&str, &str)],
+    retry: object_store::RetryConfig,
+) -> Result<Location, StoreError> {
+    open_configured(location, options, Some(retry))
+}
+
+fn open_configured(
+    location: &str,
+    options: &[(&str, &str)],
+    retry: Option<object_store::RetryConfig>,
+) -> Result<Location, StoreError> {
     let err = |what: String| StoreError::Location {
         location: location.to_string(),
         what,
@@ -200,7 +220,7 @@ pub fn open_with_options(location: &str, options: &[(&str, &str)]) -> Result<Loc
             url.scheme()
         ))
     })?;
-    open_cloud(cloud, &url, location, options)
+    open_cloud(cloud, &url, location, options, retry)
 }
 
 /// `options` as `object_store` configuration keys of type `K`.
@@ -231,6 +251,7 @@ fn open_cloud(
     url: &Url,
     location: &str,
     options: &[(&str, &str)],
+    retry: Option<object_store::RetryConfig>,
 ) -> Result<Location, StoreError> {
     let err = |what: String| StoreError::Location {
         location: location.to_string(),
@@ -274,6 +295,9 @@ fn open_cloud(
     let store: Arc<dyn ObjectStore> = match cloud {
         Cloud::S3 => {
             let mut b = AmazonS3Builder::from_env().with_bucket_name(container);
+            if let Some(r) = retry.clone() {
+                b = b.with_retry(r);
+            }
             for (k, v) in config_keys(cloud, options, location)? {
                 b = b.with_config(k, v);
             }
@@ -287,6 +311,9 @@ fn open_cloud(
                 _ => url.to_string(),
             };
             let mut b = MicrosoftAzureBuilder::from_env().with_url(url_for_builder);
+            if let Some(r) = retry.clone() {
+                b = b.with_retry(r);
+            }
             for (k, v) in config_keys(cloud, options, location)? {
                 b = b.with_config(k, v);
             }
@@ -294,6 +321,9 @@ fn open_cloud(
         }
         Cloud::Gcs => {
             let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(container);
+            if let Some(r) = retry.clone() {
+                b = b.with_retry(r);
+            }
             for (k, v) in config_keys(cloud, options, location)? {
                 b = b.with_config(k, v);
             }

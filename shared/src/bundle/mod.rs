@@ -395,6 +395,62 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, BundleError> {
     Ok(manifest)
 }
 
+/// The manifest in `bytes` (read from `path`, for messages), checked as far as it can be
+/// without the files it lists: format and version, no unknown field, every file name a
+/// plain name of the bundle listed once with a lowercase hex sha256 and at most
+/// [`MAX_FILE_BYTES`], and a plain `model_id`. For a downloader, which must know what it
+/// may fetch before fetching it; [`verify`] still checks everything once the files are
+/// there (the caller checks the signature over `bytes` first).
+pub fn manifest_from_bytes(bytes: &[u8], path: &Path) -> Result<Manifest, BundleError> {
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(BundleError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_MANIFEST_BYTES,
+            found: bytes.len() as u64,
+        });
+    }
+    let manifest = parse_manifest(bytes, path)?;
+    let invalid = |field: String, what: String| BundleError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        what,
+    };
+    if !validate::plain_id(&manifest.model_id) {
+        return Err(invalid(
+            "model_id".into(),
+            format!("{:?} is not a plain identifier", manifest.model_id),
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, f) in manifest.files.iter().enumerate() {
+        check_name(&f.name, path)?;
+        if !names.insert(f.name.as_str()) {
+            return Err(invalid(
+                format!("files[{i}].name"),
+                format!("{:?} is listed twice", f.name),
+            ));
+        }
+        let hex = f.sha256.len() == 64
+            && f.sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err(invalid(
+                format!("files[{i}].sha256"),
+                "is not 64 lowercase hex digits".into(),
+            ));
+        }
+        if f.bytes > MAX_FILE_BYTES {
+            return Err(BundleError::TooLarge {
+                path: path.with_file_name(&f.name),
+                limit: MAX_FILE_BYTES,
+                found: f.bytes,
+            });
+        }
+    }
+    Ok(manifest)
+}
+
 /// Verifies the bundle in `dir` against `key`: signature over the exact manifest bytes,
 /// format version, every file's size and sha256 (each file opened once, as a regular file,
 /// its read bounded by the manifest's size), no unlisted file, and the manifest's

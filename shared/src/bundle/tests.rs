@@ -571,3 +571,39 @@ fn a_class_without_training_examples_is_a_phantom_and_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn manifest_from_bytes_checks_what_it_can_without_the_files() {
+    let entry = |name: &str, sha: &str, bytes: u64| FileEntry {
+        name: name.into(),
+        role: "onnx".into(),
+        sha256: sha.into(),
+        bytes,
+    };
+    let good = "ab".repeat(32);
+    let p = Path::new(MANIFEST_FILE);
+    let bytes = |m: &Manifest| serde_json::to_vec(m).unwrap();
+    let m = sample_manifest(vec![entry("model.onnx", &good, 10)]);
+    assert_eq!(manifest_from_bytes(&bytes(&m), p).unwrap(), m);
+    for (files, want) in [
+        (vec![entry("../x", &good, 1)], "not a plain file name"),
+        (
+            vec![entry("a", &good, 1), entry("a", &good, 1)],
+            "listed twice",
+        ),
+        (vec![entry("a", &"AB".repeat(32), 1)], "lowercase hex"),
+        (vec![entry("a", &good, MAX_FILE_BYTES + 1)], "bytes allowed"),
+    ] {
+        let e = manifest_from_bytes(&bytes(&sample_manifest(files)), p).unwrap_err();
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+    let mut m = sample_manifest(vec![]);
+    m.model_id = "..".into();
+    let e = manifest_from_bytes(&bytes(&m), p).unwrap_err();
+    assert!(e.to_string().contains("model_id"), "{e}");
+    let big = vec![b' '; MAX_MANIFEST_BYTES as usize + 1];
+    assert!(matches!(
+        manifest_from_bytes(&big, p),
+        Err(BundleError::TooLarge { .. })
+    ));
+}

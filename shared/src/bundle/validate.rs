@@ -45,7 +45,7 @@ const ROLES: [&str; 6] = [
 ];
 
 /// A plain identifier: it becomes a folder name on devices (`models/<model_id>/`).
-fn plain_id(s: &str) -> bool {
+pub(crate) fn plain_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
