@@ -22,6 +22,31 @@
 //! body_read_timeout_ms = 5000
 //! [validity]
 //! delta = 0.01
+//!
+//! # edge-agent run: rollouts over MQTT (`bundle` is then the factory model of a first start)
+//! device_id = "cam-0042"
+//! fleet = "lab"
+//! data_dir = "/var/lib/edgecp"
+//! telemetry_interval_s = 30
+//! [keys]
+//! bundle = ["/etc/edgecp/bundle.pub"]
+//! command = ["/etc/edgecp/command.pub"]
+//! [mqtt]
+//! url = "mqtts://broker.example:8883"
+//! ca_file = "/etc/edgecp/ca.pem"
+//! client_cert = "/etc/edgecp/device.pem"
+//! client_key = "/etc/edgecp/device.key"
+//! [store.options]
+//! aws_endpoint = "https://s3.example"
+//! [download]
+//! max_bundle_bytes = 268435456
+//! free_disk_reserve_bytes = 104857600
+//! stall_timeout_ms = 30000
+//! min_bytes_per_sec = 1024
+//! rollout_timeout_ms = 3600000
+//! [health]
+//! window_ms = 30000
+//! min_answers = 20
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -75,6 +100,74 @@ pub struct ValiditySection {
     pub max_pending: Option<usize>,
 }
 
+/// Trusted public keys by role (`edge-agent run`): bundle keys verify bundles, command
+/// keys verify rollout commands; a key may not have both roles.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysSection {
+    pub bundle: Vec<PathBuf>,
+    pub command: Vec<PathBuf>,
+}
+
+/// The broker (`edge-agent run`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub url: Option<String>,
+    /// CA certificate(s) the broker's certificate must chain to (PEM; mqtts).
+    pub ca_file: Option<PathBuf>,
+    /// This device's certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub keep_alive_s: Option<u64>,
+    pub backoff_min_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+}
+
+/// Where bundles come from (`edge-agent run`): `object_store` options (such as
+/// `aws_endpoint`, `aws_allow_http`, `aws_access_key_id`) beside the environment's
+/// `AWS_*` / `AZURE_*` / `GOOGLE_*` variables.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// Download bounds (`edge-agent run`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadSection {
+    /// Largest bundle accepted, whatever a command declares.
+    pub max_bundle_bytes: Option<u64>,
+    /// Free space that must remain on the data folder's disk after a download.
+    pub free_disk_reserve_bytes: Option<u64>,
+    /// A connection that brings less than `min_bytes_per_sec` over this window is stalled.
+    pub stall_timeout_ms: Option<u64>,
+    pub min_bytes_per_sec: Option<u64>,
+    /// One download attempt's limit (it resumes after a failure until the rollout's).
+    pub deadline_ms: Option<u64>,
+    pub retries: Option<u32>,
+    /// A rollout's download must be complete within this time of its acceptance.
+    pub rollout_timeout_ms: Option<u64>,
+}
+
+/// The health gate after an activation (`edge-agent run`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub window_ms: Option<u64>,
+    pub min_answers: Option<u64>,
+    pub max_window_ms: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub p99_ratio: Option<f64>,
+    pub p99_slack_ms: Option<f64>,
+    pub set_margin: Option<f64>,
+    pub min_answers_for_sets: Option<u64>,
+}
+
 /// The file's content.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -95,6 +188,18 @@ pub struct FileConfig {
     pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub validity: ValiditySection,
+    /// `edge-agent run`: this device's id (its MQTT client id and topic level).
+    pub device_id: Option<String>,
+    pub fleet: Option<String>,
+    /// `edge-agent run`: rollout state and models (`models/<id>/`).
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between telemetry reports.
+    pub telemetry_interval_s: Option<f64>,
+    pub keys: KeysSection,
+    pub mqtt: MqttSection,
+    pub store: StoreSection,
+    pub download: DownloadSection,
+    pub health: HealthSection,
 }
 
 impl FileConfig {

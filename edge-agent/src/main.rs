@@ -21,6 +21,7 @@ use edge_agent::serving::input::image_input;
 
 mod bench;
 mod drift;
+mod run;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,6 +55,9 @@ enum Command {
     /// Replay labelled images (as they are, darkened, rotated, noisy) through the model and
     /// the online validity monitor: alarm rates and the labels each alarm needed.
     Drift(drift::DriftArgs),
+    /// Serve over HTTP and take signed rollouts over MQTT: download, verify, activate
+    /// beside the serving model, health-gate, roll back (see docs/ROLLOUT.md).
+    Run(run::RunArgs),
 }
 
 /// Which bundle, trusted by which key, run how.
@@ -94,7 +98,7 @@ struct PredictArgs {
 }
 
 #[derive(Args, Debug)]
-struct ServeArgs {
+pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Address to listen on (port 0: any free port; the bound address is printed).
@@ -375,10 +379,17 @@ fn serve_limits(a: &ServeArgs, file: &FileConfig) -> Result<Limits> {
     Ok(limits)
 }
 
-fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode> {
-    let mut r = resolve(&a.model, file)?;
-    r.opts.warm_up = a.warm_up;
-    let model = load_model(&r)?;
+/// The serving settings of `serve` and `run`, after file, environment and flags.
+pub struct Serving {
+    pub epsilon: f64,
+    pub assurance: Option<Assurance>,
+    pub limits: Limits,
+    pub access: Access,
+    pub validity: ValidityConfig,
+    pub listen: String,
+}
+
+fn serving(a: &ServeArgs, file: &FileConfig, model: &LoadedModel) -> Result<Serving> {
     let epsilon = a
         .epsilon
         .or(file.epsilon)
@@ -419,13 +430,40 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
         .clone()
         .or_else(|| file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    // blocking work (decode, inference) holds a place in the worker pool until it ends,
-    // so at most `concurrency` blocking tasks run; a few threads more for the rest
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Ok(Serving {
+        epsilon,
+        assurance,
+        limits,
+        access,
+        validity,
+        listen,
+    })
+}
+
+/// The async runtime of the service: blocking work (decode, inference) holds a place in
+/// the worker pool until it ends, so at most `concurrency` blocking tasks run; a few
+/// threads more for the rest.
+fn service_runtime(limits: &Limits) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(limits.concurrency.saturating_add(4))
+        .max_blocking_threads(limits.concurrency.saturating_add(8))
         .build()
-        .context("starting the async runtime")?;
+        .context("starting the async runtime")
+}
+
+fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode> {
+    let mut r = resolve(&a.model, file)?;
+    r.opts.warm_up = a.warm_up;
+    let model = load_model(&r)?;
+    let Serving {
+        epsilon,
+        assurance,
+        limits,
+        access,
+        validity,
+        listen,
+    } = serving(a, file, &model)?;
+    let rt = service_runtime(&limits)?;
     let drain = limits.timeout + limits.header_read_timeout;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
@@ -471,6 +509,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve(a, &file, t_start),
             Command::Bench(a) => bench::run(a, &file, |m| resolve(m, &file)),
             Command::Drift(a) => drift::run(a, |m| resolve(m, &file)),
+            Command::Run(a) => run::run(a, &file, t_start),
         }
     };
     match run() {

@@ -1,6 +1,6 @@
 //! The active model behind an atomic pointer swap: requests take a snapshot (`Arc`) and
 //! keep using it to the end even if a new bundle is swapped in meanwhile; the old model is
-//! dropped when its last request finishes. The rollout issue swaps verified bundles here.
+//! dropped when its last request finishes. `edge-agent run` swaps verified bundles here (`rollout::driver`).
 
 use std::sync::Arc;
 
@@ -30,5 +30,11 @@ impl ModelSlot {
     /// models exist as [`LoadedModel`], so nothing unverified can be swapped in.
     pub fn swap(&self, model: LoadedModel) -> Arc<LoadedModel> {
         self.active.swap(Arc::new(model))
+    }
+
+    /// Makes a model that is already shared active again (a rollback to the model kept
+    /// loaded during a health gate).
+    pub fn swap_arc(&self, model: Arc<LoadedModel>) -> Arc<LoadedModel> {
+        self.active.swap(model)
     }
 }

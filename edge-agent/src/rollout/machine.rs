@@ -97,7 +97,8 @@ impl Phase {
         }
     }
 
-    fn sequence(&self) -> Option<u64> {
+    /// The sequence of the command being worked on.
+    pub fn sequence(&self) -> Option<u64> {
         match self {
             Phase::Idle => None,
             Phase::Downloading { job }
@@ -108,7 +109,8 @@ impl Phase {
         }
     }
 
-    fn rollout_id(&self) -> Option<&str> {
+    /// The rollout being worked on.
+    pub fn rollout_id(&self) -> Option<&str> {
         match self {
             Phase::Idle => None,
             Phase::Downloading { job }

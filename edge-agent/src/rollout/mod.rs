@@ -5,5 +5,6 @@
 
 pub mod disk;
 pub mod download;
+pub mod driver;
 pub mod machine;
 pub mod persist;

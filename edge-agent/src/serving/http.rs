@@ -26,7 +26,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -49,7 +49,9 @@ use crate::model::pipeline;
 use crate::model::predictor::Answer;
 use crate::model::slot::ModelSlot;
 use crate::monitoring::assurance::Assurance;
+use crate::monitoring::health::Tap;
 use crate::monitoring::validity::{FeedbackError, Monitor, PredictionId, ValidityConfig};
+use crate::rollout::driver::RolloutView;
 use crate::serving::input::{check_tensor, image_input_limited, InputError};
 use crate::serving::metrics::Metrics;
 
@@ -238,6 +240,12 @@ pub struct AppState {
     request_budget: Budget,
     decode_budget: Budget,
     started: Instant,
+    /// What the answers look like, per model: for a rollout's health gate ...
+    pub health: Arc<Tap>,
+    /// ... and for the device's telemetry (each report takes its window).
+    pub telemetry: Arc<Tap>,
+    /// The rollout state machine's view (`edge-agent run` only): `GET /v1/rollout`.
+    pub rollout: OnceLock<Arc<RolloutView>>,
 }
 
 impl AppState {
@@ -265,6 +273,9 @@ impl AppState {
             limits,
             access,
             started: Instant::now(),
+            health: Arc::default(),
+            telemetry: Arc::default(),
+            rollout: OnceLock::new(),
         })
     }
 
@@ -583,54 +594,68 @@ async fn answer_items<K: Send + 'static>(
 ) -> Result<Vec<Result<ApiAnswer, String>>, ApiError> {
     let model = state.slot.current();
     let st = state.clone();
-    work.blocking(keep, move |cancel| {
-        if cancel.load(Ordering::Relaxed) {
-            st.metrics.cancelled("inference");
-            return Err(internal("cancelled"));
+    let t0 = Instant::now();
+    let out = work
+        .blocking(keep, move |cancel| {
+            if cancel.load(Ordering::Relaxed) {
+                st.metrics.cancelled("inference");
+                return Err(internal("cancelled"));
+            }
+            let Inputs { pixels, items } = inputs;
+            let (answers, emb) = if pixels.is_empty() {
+                (vec![], vec![])
+            } else {
+                pipeline::answer(&model, &pixels, epsilon).map_err(internal)?
+            };
+            drop(pixels);
+            if cancel.load(Ordering::Relaxed) {
+                // nobody will see these answers: they neither move the output nor wait for labels
+                st.metrics.cancelled("answer");
+                return Err(internal("cancelled"));
+            }
+            let dim = model.engine.embedding_dim();
+            let sizes: Vec<usize> = answers.iter().map(|a| a.set.len()).collect();
+            let seconds = t0.elapsed().as_secs_f64();
+            st.health.answered(model.model_id(), seconds, &sizes);
+            st.telemetry.answered(model.model_id(), seconds, &sizes);
+            if let Some(a) = &st.assurance {
+                a.update(sizes.iter().copied());
+            }
+            let rule = st.assurance.as_ref().map(|a| a.rule()).unwrap_or_default();
+            let alerts = sizes.iter().filter(|&&s| rule.raises(s)).count() as u64;
+            st.metrics.answers(sizes.iter().copied(), alerts);
+            let monitor = st.monitor_for(&model);
+            let mut answers = answers.into_iter().zip(emb.chunks_exact(dim.max(1)));
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(match item {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        let (answer, e) = answers
+                            .next()
+                            .ok_or_else(|| internal("fewer answers than inputs"))?;
+                        let id = PredictionId::random();
+                        monitor.record(id, e, &answer.set, epsilon);
+                        Ok(ApiAnswer {
+                            id,
+                            answer,
+                            model_id: model.model_id().to_string(),
+                        })
+                    }
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+    if let Err(e) = &out {
+        // a failure inside the model (not a cancelled request) counts against its health
+        if e.0 == StatusCode::INTERNAL_SERVER_ERROR && !e.1.contains("cancelled") {
+            let id = state.slot.current();
+            state.health.failed(id.model_id());
+            state.telemetry.failed(id.model_id());
         }
-        let Inputs { pixels, items } = inputs;
-        let (answers, emb) = if pixels.is_empty() {
-            (vec![], vec![])
-        } else {
-            pipeline::answer(&model, &pixels, epsilon).map_err(internal)?
-        };
-        drop(pixels);
-        if cancel.load(Ordering::Relaxed) {
-            // nobody will see these answers: they neither move the output nor wait for labels
-            st.metrics.cancelled("answer");
-            return Err(internal("cancelled"));
-        }
-        let dim = model.engine.embedding_dim();
-        let sizes: Vec<usize> = answers.iter().map(|a| a.set.len()).collect();
-        if let Some(a) = &st.assurance {
-            a.update(sizes.iter().copied());
-        }
-        let rule = st.assurance.as_ref().map(|a| a.rule()).unwrap_or_default();
-        let alerts = sizes.iter().filter(|&&s| rule.raises(s)).count() as u64;
-        st.metrics.answers(sizes.iter().copied(), alerts);
-        let monitor = st.monitor_for(&model);
-        let mut answers = answers.into_iter().zip(emb.chunks_exact(dim.max(1)));
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            out.push(match item {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let (answer, e) = answers
-                        .next()
-                        .ok_or_else(|| internal("fewer answers than inputs"))?;
-                    let id = PredictionId::random();
-                    monitor.record(id, e, &answer.set, epsilon);
-                    Ok(ApiAnswer {
-                        id,
-                        answer,
-                        model_id: model.model_id().to_string(),
-                    })
-                }
-            });
-        }
-        Ok(out)
-    })
-    .await?
+    }
+    out
 }
 
 async fn predict(
@@ -807,6 +832,18 @@ async fn model_info(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         "uptime_s": state.started.elapsed().as_secs_f64(),
         "validity": validity,
     }))
+}
+
+/// The rollout state machine's state (404 when the agent runs without rollouts).
+async fn rollout_info(State(state): State<Arc<AppState>>) -> Response {
+    match state.rollout.get() {
+        Some(v) => Json(v.get()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "this agent takes no rollouts (`edge-agent serve`); `edge-agent run` does" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -1088,6 +1125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/model", get(model_info))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/rollout", get(rollout_info))
         .merge(pooled)
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
