@@ -94,9 +94,21 @@ struct KeygenArgs {
     /// Folder for the key files.
     #[arg(long, default_value = "keys")]
     out: PathBuf,
-    /// Base name of the key files.
-    #[arg(long, default_value = "signing")]
-    name: String,
+    /// What the key will sign: bundles (`exporter bundle --key`) or rollout commands
+    /// (`trainer rollout --key`). Devices trust each role separately and refuse a key in
+    /// the wrong one, so give each role its own key.
+    #[arg(long, value_enum, default_value_t = KeyRole::Bundle)]
+    role: KeyRole,
+    /// Base name of the key files (default: `signing` for bundles, `command` for
+    /// commands).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyRole {
+    Bundle,
+    Command,
 }
 
 #[derive(Args, Debug)]
@@ -245,13 +257,27 @@ fn write_model(a: &ModelArgs, registry: &str, onnx: bool) -> Result<()> {
 }
 
 fn keygen(a: &KeygenArgs) -> Result<()> {
+    let name = a.name.clone().unwrap_or_else(|| {
+        match a.role {
+            KeyRole::Bundle => "signing",
+            KeyRole::Command => "command",
+        }
+        .to_string()
+    });
     let key = keys::generate()?;
-    let paths = keys::write_keypair(&key, &a.out, &a.name)?;
+    let paths = keys::write_keypair(&key, &a.out, &name)?;
     println!("private key {} (keep it secret)", paths.private.display());
-    println!(
-        "public key  {} (give it to devices and to `exporter verify --key`)",
-        paths.public.display()
-    );
+    match a.role {
+        KeyRole::Bundle => println!(
+            "public key  {} (devices: [keys] bundle, or --key; `exporter verify --key`)",
+            paths.public.display()
+        ),
+        KeyRole::Command => println!(
+            "public key  {} (devices: [keys] command, or --command-key; sign with `trainer rollout --key {}`)",
+            paths.public.display(),
+            paths.private.display()
+        ),
+    }
     Ok(())
 }
 

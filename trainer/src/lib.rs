@@ -15,6 +15,7 @@ pub mod progress;
 // and the cloud issue; its tests (tests/registry_backends.rs) exercise all of it.
 #[allow(dead_code)]
 pub mod registry;
+pub mod rollout;
 pub mod runs;
 pub mod sweep;
 pub mod tracking;

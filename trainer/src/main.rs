@@ -5,7 +5,9 @@
 //! offline path end to end), `bench` (speed figures against the tools a user would
 //! otherwise pick).
 
-use trainer::{bench, best, demo, ingest, memory, registry, runs, sweep, train_cmd, worker};
+use trainer::{
+    bench, best, demo, ingest, memory, registry, rollout, runs, sweep, train_cmd, worker,
+};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -55,6 +57,9 @@ enum Command {
     /// Speed benchmarks against the Python tools a user would otherwise pick.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Sign a rollout (or rollback) command with a command key, publish it to devices or
+    /// a fleet over MQTT, follow their events and print each device's outcome.
+    Rollout(rollout::RolloutArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -103,5 +108,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Best(args) => best::run(&args, &cli.registry),
         Command::Bench(BenchCommand::Icp(args)) => bench::run_icp(&args),
         Command::Bench(BenchCommand::Train(args)) => bench::run_train(&args),
+        Command::Rollout(args) => rollout::run(&args),
     }
 }
