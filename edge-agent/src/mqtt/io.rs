@@ -11,13 +11,15 @@ use rumqttc::v5::mqttbytes::v5::{
     Filter, LastWill, Packet, Publish, PublishProperties, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
+use rumqttc::v5::{
+    mqttbytes, AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
+};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
-use super::topics::{self, Source};
+use super::topics;
 use super::{read_password, tls, validate, Inbound, MqttError, MqttSettings};
 
 /// Why a publish was not queued.
@@ -321,6 +323,8 @@ impl Task {
         let mut rng = StdRng::from_rng(&mut rand::rng());
         // whether the broker has acknowledged our subscriptions in the current session
         let mut subscribed = false;
+        // Up waits for the SubAck when we subscribe: then "Up" means commands flow
+        let mut up_after_suback: Option<bool> = None;
         loop {
             let inbound = match self.eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -339,9 +343,15 @@ impl Task {
                         "MQTT connected"
                     );
                     self.publisher.status_overwritten();
-                    Some(Inbound::Up {
+                    let up = Inbound::Up {
                         session_present: ack.session_present,
-                    })
+                    };
+                    if subscribed {
+                        Some(up)
+                    } else {
+                        up_after_suback = Some(ack.session_present);
+                        None
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     let refused: Vec<_> = ack
@@ -355,7 +365,10 @@ impl Task {
                         // an ACL problem: reconnecting would not fix it, so say it loudly
                         tracing::error!(codes = ?refused, "MQTT subscription refused by the broker");
                     }
-                    None
+                    // Up even when refused: the connection works and status must go out
+                    up_after_suback
+                        .take()
+                        .map(|session_present| Inbound::Up { session_present })
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     inbound_from_publish(&p, &self.device_id, &self.fleet)
@@ -366,6 +379,7 @@ impl Task {
                 }
                 Ok(_) => None,
                 Err(e) => {
+                    up_after_suback = None;
                     let error = describe(&e);
                     let retry_in = self.backoff.next_delay(&mut rng);
                     tracing::warn!(
@@ -425,36 +439,44 @@ fn inbound_from_publish(p: &Publish, device_id: &str, fleet: &str) -> Option<Inb
     })
 }
 
-/// A one-line cause. TLS failures start with "TLS:" wherever rumqttc put them: a refused
-/// client certificate surfaces as an I/O error on the first read after the handshake.
-fn describe(e: &ConnectionError) -> String {
+/// The I/O error under a connection error, wherever rumqttc wrapped it.
+fn io_of(e: &ConnectionError) -> Option<&std::io::Error> {
     match e {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
+        ConnectionError::Io(io)
+        | ConnectionError::MqttState(StateError::Io(io))
+        | ConnectionError::MqttState(StateError::Deserialization(mqttbytes::Error::Io(io))) => {
+            Some(io)
         }
-        ConnectionError::Timeout(_) => "timed out connecting to the broker".to_owned(),
-        ConnectionError::Tls(t) => format!("TLS: {t}"),
-        other => {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(other);
-            while let Some(s) = source {
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                        return format!("TLS: {r} ({other})");
-                    }
-                }
-                if let Some(r) = s.downcast_ref::<rustls::Error>() {
-                    return format!("TLS: {r} ({other})");
-                }
-                source = s.source();
-            }
-            other.to_string()
-        }
+        _ => None,
     }
+}
+
+/// A one-line cause. TLS failures start with "TLS:" wherever rumqttc put them: a refused
+/// client certificate only surfaces as an I/O error on the first read after the handshake
+/// (TLS 1.3), wrapped in a "deserialization" error.
+fn describe(e: &ConnectionError) -> String {
+    if let ConnectionError::ConnectionRefused(code) = e {
+        return format!("broker refused the connection: {code:?}");
+    }
+    if let ConnectionError::Timeout(_) = e {
+        return "timed out connecting to the broker".to_owned();
+    }
+    if let ConnectionError::Tls(t) = e {
+        return format!("TLS: {t}");
+    }
+    if let Some(io) = io_of(e) {
+        if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return format!("TLS: {r}");
+        }
+        return format!("I/O: {io}");
+    }
+    e.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::Source;
 
     fn publish(topic: &str, expiry: Option<u32>) -> Publish {
         let mut p = Publish::new(topic, QoS::AtLeastOnce, "x", None);
@@ -504,8 +526,11 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
         );
-        let s = describe(&ConnectionError::Io(io));
+        let s = describe(&ConnectionError::MqttState(StateError::Deserialization(
+            mqttbytes::Error::Io(io),
+        )));
         assert!(s.starts_with("TLS: "), "{s}");
+        assert!(s.contains("CertificateRequired"), "{s}");
         let plain = describe(&ConnectionError::Io(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "refused",

@@ -147,8 +147,10 @@ pub enum MqttError {
 /// What the IO task tells the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// Connected (ConnAck). `session_present: false` means the broker had no session: the
-    /// IO task has subscribed again and republishes the latest status itself.
+    /// Connected, and subscribed: sent after the ConnAck, or after the SubAck when the IO
+    /// task had to subscribe (so a command published after `Up` is delivered).
+    /// `session_present: false` means the broker had no session: the IO task subscribed
+    /// again and republishes the latest status itself.
     Up { session_present: bool },
     /// A connect attempt failed or the connection dropped; the next attempt comes after
     /// `retry_in`. `error` names the cause (a TLS failure starts with `TLS:`, a refusal
