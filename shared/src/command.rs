@@ -8,7 +8,7 @@
 //! both kinds of key refuses a command that a bundle key signed (`wrong_key_role`). The
 //! device checks the signature here ([`open`]); what needs the device's state (fleet,
 //! target, validity window, sequence, model floor) is the rollout state machine's
-//! (`edge-agent`'s `rollout::machine`). docs/COMMANDS.md has the format.
+//! (`edge-agent`'s `rollout::machine`). docs/ROLLOUT.md has the format.
 
 use base64::Engine;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};

@@ -342,7 +342,8 @@ impl Driver {
                 Err(e) => {
                     let mut reason = e.reason().to_string();
                     // a manifest signed by a command key: the role is wrong, say so
-                    if reason == "bad_manifest_signature" && signed_by_command_key(&staging, &keys)
+                    if reason == "bad_manifest_signature"
+                        && signed_by_command_key(&spec, &keys).await
                     {
                         reason = "wrong_key_role".into();
                     }
@@ -750,11 +751,36 @@ impl Driver {
     }
 }
 
-fn signed_by_command_key(staging: &Path, keys: &TrustedKeys) -> bool {
-    let m = std::fs::read(staging.join(shared::bundle::MANIFEST_FILE));
-    let s = std::fs::read(staging.join(shared::bundle::SIGNATURE_FILE));
-    match (m, s) {
-        (Ok(m), Ok(s)) => command::manifest_signed_by_command_key(&m, &s, keys),
+/// Whether the bundle's manifest is signed by one of the command keys (a bundle signed
+/// with the wrong role's key): fetched again, only after its signature failed.
+async fn signed_by_command_key(spec: &DownloadSpec, keys: &TrustedKeys) -> bool {
+    use object_store::ObjectStoreExt;
+    if keys.command.is_empty() {
+        return false;
+    }
+    let opts: Vec<(&str, &str)> = spec
+        .store_options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let Ok(loc) = shared::store::open_with_options(&spec.location, &opts) else {
+        return false;
+    };
+    let get = |name: &str| {
+        let (store, path) = (loc.store.clone(), loc.child(name));
+        async move {
+            let meta = store.head(&path).await.ok()?;
+            if meta.size > shared::bundle::MAX_MANIFEST_BYTES {
+                return None;
+            }
+            store.get(&path).await.ok()?.bytes().await.ok()
+        }
+    };
+    match (
+        get(shared::bundle::MANIFEST_FILE).await,
+        get(shared::bundle::SIGNATURE_FILE).await,
+    ) {
+        (Some(m), Some(s)) => command::manifest_signed_by_command_key(&m, &s, keys),
         _ => false,
     }
 }
