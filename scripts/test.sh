@@ -41,6 +41,12 @@ if ! db_up; then
 fi
 db_up || echo "warning: nothing listens on 127.0.0.1:3306: the MySQL registry tests will fail and say so" >&2
 
+step "Mosquitto for the MQTT and rollout tests (they run private brokers on free ports)"
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+  echo "installing mosquitto and its clients" >&2
+  apt-get install -y mosquitto mosquitto-clients >&2 || echo "warning: mosquitto could not be installed: the MQTT tests will fail and say so" >&2
+fi
+
 step "S3 server for the object-store tests (s3s-fs, cached under $EDGECP_CACHE)"
 S3S_ROOT=$EDGECP_CACHE/s3s-fs-0.14.1
 if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
@@ -106,4 +112,5 @@ step "edge-agent with the ort feature (onnxruntime from the test venv)"
 ORT_DYLIB_PATH=$("$EDGECP_PYTHON" -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
 export ORT_DYLIB_PATH
 cargo clippy -p edge-agent --all-targets --features ort -- -D warnings
-cargo test -p edge-agent --features ort --no-fail-fast "$@"
+# the runtime-specific tests only: the MQTT, download and rollout tests do not depend on it
+cargo test -p edge-agent --features ort --no-fail-fast --lib --test loading --test serve "$@"
