@@ -338,7 +338,7 @@ pub enum Report {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Write this state atomically before the actions after it.
-    Persist(State),
+    Persist(Box<State>),
     Report(Report),
     /// Start (or resume) the download of `job` into its staging folder.
     Download(Job),
@@ -720,7 +720,7 @@ impl Machine {
     }
 
     fn persist(&self, out: &mut Vec<Action>) {
-        out.push(Action::Persist(self.state.clone()));
+        out.push(Action::Persist(Box::new(self.state.clone())));
     }
 
     fn prune(&self) -> Action {

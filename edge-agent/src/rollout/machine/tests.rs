@@ -561,7 +561,7 @@ fn check_step(before: &State, after: &State, actions: &[Action], verified: &Hash
             panic!("state changed without a Persist: {before:?} -> {after:?}, {actions:?}")
         });
         match &actions[p] {
-            Action::Persist(s) => assert_eq!(s, after, "the last Persist is the final state"),
+            Action::Persist(s) => assert_eq!(**s, *after, "the last Persist is the final state"),
             _ => unreachable!(),
         }
     }
@@ -665,7 +665,7 @@ impl Sim {
     fn act(&mut self, a: Action) {
         let now_ms = self.now;
         match a {
-            Action::Persist(s) => self.disk = s,
+            Action::Persist(s) => self.disk = *s,
             Action::Report(_) | Action::Prune { .. } => {}
             Action::Download(j) => {
                 if let Some(d) = self.download {
