@@ -186,19 +186,18 @@ impl World {
         cfg += more_config;
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, cfg).unwrap();
-        let mut args: Vec<String> = [
-            "--health-window-ms",
-            "300",
-            "--health-min-answers",
-            "0",
-            "--telemetry-interval-s",
-            "1",
-            "--epsilon",
-            "0.05",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        // defaults, unless `extra` gives the flag
+        let mut args: Vec<String> = Vec::new();
+        for (flag, value) in [
+            ("--health-window-ms", "300"),
+            ("--health-min-answers", "0"),
+            ("--telemetry-interval-s", "1"),
+            ("--epsilon", "0.05"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let spec = AgentSpec {
             device: device.into(),
@@ -329,14 +328,10 @@ fn a_happy_path() {
     device::assert_verified(&hits, &verified());
     assert!(hits.iter().all(|h| h.status == 200), "a request failed");
     // A, then B, never back
+    device::assert_order(&hits, &[&f.a.model_id, &f.b.model_id]);
     let models: Vec<&str> = hits.iter().filter_map(|h| h.model.as_deref()).collect();
-    let first_b = models
-        .iter()
-        .position(|m| *m == f.b.model_id)
-        .expect("B answered");
-    assert!(models[..first_b].iter().all(|m| *m == f.a.model_id));
-    assert!(models[first_b..].iter().all(|m| *m == f.b.model_id));
-    assert!(first_b > 0, "A answered before the swap");
+    assert_eq!(models.first(), Some(&f.a.model_id.as_str()));
+    assert_eq!(models.last(), Some(&f.b.model_id.as_str()));
     let st = w.obs.wait_status(LIMIT, "idle on B", |s| {
         s["state"] == "idle" && s["active"] == f.b.model_id.as_str()
     });
@@ -348,6 +343,250 @@ fn a_happy_path() {
         "a_happy_path: command->activated {:.0} ms, command->health_passed {:.0} ms ({} answers, {:.1} s)",
         to_act.as_secs_f64() * 1e3,
         to_ok.as_secs_f64() * 1e3,
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+impl World {
+    /// Waits for an event of `kind` with `reason` after `mark`.
+    fn wait_reason(&self, mark: usize, what: &str, reason: &str) -> Value {
+        self.obs
+            .wait_event(mark, LIMIT, &format!("{what}/{reason}"), |e| {
+                kind(e) == what && e["reason"] == reason
+            })
+            .json
+    }
+
+    /// Idle, serving `model`, with this highest sequence: nothing changed.
+    fn assert_idle_on(&self, model: &str, highest: u64) {
+        let r = self.agent.rollout();
+        assert_eq!(r["state"], "idle", "{r:#}");
+        assert_eq!(r["highest_sequence"], highest, "{r:#}");
+        assert!(r["pending"].is_null(), "{r:#}");
+        self.assert_serving(model);
+    }
+}
+
+/// b. A model that fails the health gate (its validation figures are far from what it
+/// does) is rolled back automatically: failed{health_gate, empty_set_rate: ...}, then
+/// rolled_back; A serves again; a following rollout of a good C converges.
+#[test]
+fn b_health_gate_failure_rolls_back() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new(
+        "dev-b",
+        &["--health-window-ms", "600", "--health-min-answers", "10"],
+    );
+    let load = Load::start(&w.agent.addr, 2, Duration::from_millis(2));
+    let cmd = w.rollout(&f.sick, "sick");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let failed = w.wait_reason(mark, "failed", "health_gate");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.starts_with("empty_set_rate"), "{failed}");
+    let back = w.obs.wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back");
+    assert_eq!(back.json["to_model_id"], f.a.model_id.as_str(), "{}", back.json);
+    assert_eq!(back.json["reason"], "health_gate");
+    let events: Vec<Value> = w.obs.events_since(mark).into_iter().map(|m| m.json).collect();
+    assert_eq!(
+        folded(&events),
+        [
+            "received",
+            "downloading",
+            "verified",
+            "activated",
+            "failed",
+            "rolled_back"
+        ],
+        "{events:#?}"
+    );
+    let st = w.obs.wait_status(LIMIT, "rolled back to A", |s| {
+        s["state"] == "idle" && s["last"]["result"] == "rolled_back"
+    });
+    assert_eq!(st["active"], f.a.model_id.as_str(), "{st:#}");
+    assert_eq!(st["last"]["reason"], "health_gate", "{st:#}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("empty_set_rate"),
+        "{st:#}"
+    );
+    let r = w.agent.rollout();
+    assert_eq!(r["last"]["reason"], "health_gate", "{r:#}");
+    w.assert_serving(&f.a.model_id);
+
+    // the fault is gone: a good model converges (under the same load)
+    let (events, _, _) = w.roll_to(&f.c, "c");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    let served: Vec<&str> = hits.iter().filter_map(|h| h.model.as_deref()).collect();
+    assert!(served.contains(&f.sick.model_id.as_str()), "the sick model served in its gate");
+    // A, the sick model during its window, A again, then C
+    device::assert_order(
+        &hits,
+        &[&f.a.model_id, &f.sick.model_id, &f.a.model_id, &f.c.model_id],
+    );
+    w.agent.assert_alive();
+    println!(
+        "b_health_gate_failure_rolls_back: {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// c. Refusals, each reported with its reason and changing nothing: bad signature, a
+/// command signed by the bundle key, another fleet, not targeted, expired, not yet valid,
+/// unsigned; after a success the same command again is ignored silently, a lower
+/// sequence is a replay, an older model a downgrade.
+#[test]
+fn c_refusals_change_nothing() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-c", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let keys = &f.keys;
+    let base = w.rollout(&f.b, "b");
+    let refuse = |w: &World, payload: String, reason: &str| {
+        let mark = w.obs.mark();
+        w.broker.publish(&w.cmd_topic(), &payload, false);
+        let e = w.wait_reason(mark, "refused", reason);
+        assert!(e["detail"].as_str().is_some_and(|d| !d.is_empty()), "{e}");
+        w.assert_idle_on(&f.a.model_id, 0);
+    };
+    refuse(&w, device::signed(&base, &keys.rogue), "bad_signature");
+    refuse(&w, device::signed(&base, &keys.bundle), "wrong_key_role");
+    let mut other = base.clone();
+    other.fleet = "elsewhere".into();
+    refuse(&w, device::signed(&other, &keys.command), "other_fleet");
+    let mut elsewhere = base.clone();
+    elsewhere.target = Target::Devices {
+        devices: vec!["dev-zz".into()],
+    };
+    refuse(&w, device::signed(&elsewhere, &keys.command), "not_targeted");
+    let mut expired = base.clone();
+    expired.not_before_ms = device::now_ms() - 120_000;
+    expired.not_after_ms = device::now_ms() - 60_000;
+    refuse(&w, device::signed(&expired, &keys.command), "expired");
+    let mut early = base.clone();
+    early.not_before_ms = device::now_ms() + 60_000;
+    early.not_after_ms = device::now_ms() + 120_000;
+    refuse(&w, device::signed(&early, &keys.command), "not_yet_valid");
+    refuse(&w, serde_json::to_string(&base).unwrap(), "unsigned");
+    refuse(&w, "{\"nonsense\": true}".into(), "unsigned");
+    refuse(&w, "not json".into(), "malformed");
+
+    // the fault gone: the same command, properly signed, converges
+    let mark = w.obs.mark();
+    w.send(&base);
+    w.obs.wait_event(mark, LIMIT, "health_passed", |e| {
+        kind(e) == "health_passed" && e["rollout_id"] == base.rollout_id.as_str()
+    });
+    let highest = base.sequence;
+    w.obs.wait_status(LIMIT, "idle on B", |s| {
+        s["state"] == "idle" && s["active"] == f.b.model_id.as_str()
+    });
+    w.assert_idle_on(&f.b.model_id, highest);
+
+    // the same command again: ignored without a word
+    let mark = w.obs.mark();
+    w.send(&base);
+    std::thread::sleep(Duration::from_millis(700));
+    let after = w.obs.events_since(mark);
+    assert!(after.is_empty(), "a duplicate made events: {after:?}");
+    w.assert_idle_on(&f.b.model_id, highest);
+    // a lower sequence: replay
+    let mut lower = w.rollout(&f.c, "c");
+    lower.sequence = highest - 1;
+    lower.rollout_id = "lower".into();
+    let mark = w.obs.mark();
+    w.send(&lower);
+    let e = w.wait_reason(mark, "refused", "replay");
+    assert_eq!(e["rollout_id"], "lower");
+    w.assert_idle_on(&f.b.model_id, highest);
+    // an older model: downgrade
+    let older = w.rollout(&f.old, "old");
+    let mark = w.obs.mark();
+    w.send(&older);
+    let e = w.wait_reason(mark, "refused", "downgrade");
+    assert_eq!(e["rollout_id"], older.rollout_id.as_str());
+    w.assert_idle_on(&f.b.model_id, highest);
+
+    // and a newer model still goes through
+    let (events, _, _) = w.roll_to(&f.c, "c");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    w.agent.assert_alive();
+    println!(
+        "c_refusals_change_nothing: {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// d. Bundle faults, each failed with its reason while A keeps serving: the command's
+/// manifest sha256 differs, a flipped byte in a file, a manifest signed by another key,
+/// golden outputs that the model does not reproduce (self-test). Then B converges.
+#[test]
+fn d_bundle_faults_keep_the_old_model() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-d", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let mut mismatch = w.rollout(&f.b, "b");
+    if let Action::Rollout {
+        manifest_sha256, ..
+    } = &mut mismatch.action
+    {
+        *manifest_sha256 = shared::bundle::sha256_hex(b"another manifest");
+    }
+    let cases = [
+        (mismatch, "manifest_sha256_mismatch"),
+        (w.rollout(&f.flipped, "flipped"), "file_sha256_mismatch"),
+        (w.rollout(&f.rogue, "rogue"), "bad_manifest_signature"),
+        (w.rollout(&f.bad_golden, "bad_golden"), "self_test_failed"),
+    ];
+    for (cmd, reason) in cases {
+        let mark = w.obs.mark();
+        w.send(&cmd);
+        let e = w.wait_reason(mark, "failed", reason);
+        assert_eq!(e["rollout_id"], cmd.rollout_id.as_str(), "{e}");
+        let st = w.obs.wait_status(LIMIT, "idle after the failure", |s| {
+            s["state"] == "idle" && s["last"]["rollout_id"] == cmd.rollout_id.as_str()
+        });
+        assert_eq!(st["last"]["result"], "failed", "{st:#}");
+        assert_eq!(st["last"]["reason"], reason, "{st:#}");
+        assert_eq!(st["active"], f.a.model_id.as_str(), "{st:#}");
+        let events: Vec<Value> = w.obs.events_since(mark).into_iter().map(|m| m.json).collect();
+        assert!(
+            !kinds(&events).iter().any(|k| k == "activated"),
+            "{events:#?}"
+        );
+        w.assert_idle_on(&f.a.model_id, cmd.sequence);
+        // nothing of the refused bundle stays on disk
+        let models: Vec<String> = std::fs::read_dir(w.dir.path().join("data/models"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(models, [f.a.model_id.clone()], "{reason}");
+    }
+    let (events, _, _) = w.roll_to(&f.b, "b");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.b.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    w.agent.assert_alive();
+    println!(
+        "d_bundle_faults_keep_the_old_model: {} answers, {:.1} s",
         hits.len(),
         t.elapsed().as_secs_f64()
     );

@@ -360,6 +360,8 @@ pub fn predict(addr: &str) -> (u16, Option<String>) {
 /// One answer of a [`Load`].
 #[derive(Clone, Debug)]
 pub struct Hit {
+    /// Which load thread (each thread's hits are in order).
+    pub thread: usize,
     pub at: Instant,
     pub status: u16,
     pub model: Option<String>,
@@ -381,7 +383,7 @@ impl Load {
         let addr = Arc::new(Mutex::new(addr.to_string()));
         let hits = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..threads)
-            .map(|_| {
+            .map(|thread| {
                 let (stop, addr, hits) = (stop.clone(), addr.clone(), hits.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
@@ -389,6 +391,7 @@ impl Load {
                         let t0 = Instant::now();
                         let (status, model) = predict(&a);
                         hits.lock().unwrap().push(Hit {
+                            thread,
                             at: t0,
                             status,
                             model,
@@ -428,6 +431,27 @@ pub fn assert_verified(hits: &[Hit], verified: &BTreeSet<String>) {
             assert!(
                 verified.contains(m),
                 "an answer came from {m}, which is not a verified model ({verified:?})"
+            );
+        }
+    }
+}
+
+/// Asserts that each load thread saw the models in `order` (runs of one model folded;
+/// a thread may miss a short run): what an atomic swap allows.
+pub fn assert_order(hits: &[Hit], order: &[&str]) {
+    let threads: BTreeSet<usize> = hits.iter().map(|h| h.thread).collect();
+    for t in threads {
+        let mut runs: Vec<&str> = hits
+            .iter()
+            .filter(|h| h.thread == t)
+            .filter_map(|h| h.model.as_deref())
+            .collect();
+        runs.dedup();
+        let mut want = order.iter();
+        for r in &runs {
+            assert!(
+                want.any(|w| w == r),
+                "thread {t} saw {runs:?}, not in the order {order:?}"
             );
         }
     }
