@@ -591,3 +591,193 @@ fn d_bundle_faults_keep_the_old_model() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// The `resumed=N` of the agent log's last "bundle downloaded" line.
+fn resumed_bytes(log: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("bundle downloaded"))?;
+    let line = strip_ansi(line);
+    let v = line.split("resumed=").nth(1)?;
+    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// `s` without terminal colour sequences (ESC [ ... m).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_seq = false;
+    for c in s.chars() {
+        match (in_seq, c) {
+            (false, '\x1b') => in_seq = true,
+            (true, 'm') => in_seq = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// The rollout state file, as the agent wrote it last.
+fn state_file(w: &World) -> Value {
+    let p = w.dir.path().join("data/rollout.json");
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+impl World {
+    /// SIGKILL and a restart on the same data folder; the restarted agent serves a verified
+    /// model at once, the one its state names as active.
+    fn crash_and_restart(&mut self) {
+        self.agent.kill9();
+        let st = state_file(self);
+        self.agent = Agent::start(&self.agent.spec.clone());
+        let (code, model) = self.agent.predict();
+        assert_eq!(code, 200);
+        let model = model.unwrap();
+        assert!(verified().contains(&model), "{model} is not verified");
+        let r = self.agent.rollout();
+        if st["phase"]["phase"] != "rolling_back" {
+            assert_eq!(
+                st["active"]["model_id"].as_str(),
+                Some(model.as_str()),
+                "after a restart the agent serves the active model of its state {st:#}"
+            );
+        }
+        assert_eq!(r["serving"], model.as_str(), "{r:#}");
+    }
+
+    /// Waits until the agent is idle with `rollout_id` succeeded and `model` active.
+    fn wait_converged(&self, rollout_id: &str, model: &str) -> Value {
+        self.agent.wait_rollout(LIMIT, "converged", |r| {
+            r["state"] == "idle"
+                && r["last"]["rollout_id"] == rollout_id
+                && r["last"]["result"] == "succeeded"
+                && r["active"] == model
+                && r["serving"] == model
+        })
+    }
+}
+
+/// e. SIGKILL during a (slowed) download, then a restart on the same data folder: the
+/// download resumes and B activates. SIGKILL right after `activated` and during the
+/// health gate: the restarted agent serves the new model and its gate runs again.
+#[test]
+fn e_sigkill_during_download_swap_and_gate() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-e", &["--health-window-ms", "1500"]);
+    let rss_serving = (w.agent.proc_kb("VmRSS"), w.agent.proc_kb("VmHWM"));
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+
+    // 1. during the download: 100 kB per connection, then a stall
+    w.proxy.set(s3::Mode::Stall {
+        after: 100_000,
+        connections: 1_000_000,
+    });
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs.wait_event(mark, LIMIT, "download progress", |e| {
+        kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 150_000)
+    });
+    let rss_downloading = (w.agent.proc_kb("VmRSS"), w.agent.proc_kb("VmHWM"));
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    assert_eq!(state_file(&w)["phase"]["phase"], "downloading");
+    w.proxy.set(s3::Mode::Pass);
+    w.wait_converged(&cmd.rollout_id, &f.b.model_id);
+    let resumed = resumed_bytes(&w.log());
+    assert!(
+        resumed.is_some_and(|r| r > 0),
+        "the download did not resume: {resumed:?}\n{}",
+        w.log()
+    );
+    w.assert_serving(&f.b.model_id);
+
+    // 2. right after `activated`
+    let cmd = w.rollout(&f.c, "c");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs.wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    let r = w.agent.rollout();
+    assert_eq!(r["active"], f.c.model_id.as_str(), "{r:#}");
+    assert_eq!(r["previous"], f.b.model_id.as_str(), "{r:#}");
+    w.wait_converged(&cmd.rollout_id, &f.c.model_id);
+
+    // 3. in the middle of the health gate
+    let cmd = w.rollout(&f.x, "x");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs.wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(w.agent.rollout()["state"], "health_gate");
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    assert_eq!(w.agent.rollout()["state"], "health_gate");
+    let mark = w.obs.mark();
+    w.wait_converged(&cmd.rollout_id, &f.x.model_id);
+    w.obs.wait_event(mark, LIMIT, "health_passed after the restart", |e| {
+        kind(e) == "health_passed" && e["rollout_id"] == cmd.rollout_id.as_str()
+    });
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    // only the moments the agent was down failed
+    let ok = hits.iter().filter(|h| h.status == 200).count();
+    assert!(
+        hits.iter().all(|h| h.status == 200 || h.status == 0),
+        "an answer other than 200 or a refused connection"
+    );
+    w.agent.assert_alive();
+    println!(
+        "e_sigkill_during_download_swap_and_gate: {ok}/{} answers, download resumed from {} bytes, RSS serving {:?} kB (VmRSS, VmHWM), downloading {:?} kB, {:.1} s",
+        hits.len(),
+        resumed.unwrap_or(0),
+        rss_serving,
+        rss_downloading,
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// f. The broker is killed and a fresh one starts on the same port in the middle of a
+/// download: the agent reconnects, subscribes again, the rollout completes, and a
+/// command sent after the restart is obeyed.
+#[test]
+fn f_broker_restart_mid_download() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::with_config("dev-f", &[], "[mqtt]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\n");
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    w.proxy.set(s3::Mode::Stall {
+        after: 100_000,
+        connections: 1_000_000,
+    });
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs.wait_event(mark, LIMIT, "download progress", |e| {
+        kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 0)
+    });
+    w.broker.restart();
+    w.obs = Observer::start(&w.broker, "dev-f");
+    // the agent is back: its status is published again on the fresh broker
+    w.obs.wait_status(LIMIT, "online again", |s| {
+        s["online"] == true && s["broker_up"] == true
+    });
+    w.proxy.set(s3::Mode::Pass);
+    w.wait_converged(&cmd.rollout_id, &f.b.model_id);
+    w.obs.wait_status(LIMIT, "idle on B", |s| {
+        s["state"] == "idle" && s["active"] == f.b.model_id.as_str()
+    });
+    // subscribed again: a new command arrives
+    let (events, _, _) = w.roll_to(&f.c, "c");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    w.agent.assert_alive();
+    println!(
+        "f_broker_restart_mid_download: {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
