@@ -4,9 +4,9 @@
 //! not crash (or came back consistent after the SIGKILL the test sent), that a fault is
 //! reported with its reason, and that the agent converges once the fault is gone.
 
-mod common;
 #[path = "common/broker.rs"]
 mod broker;
+mod common;
 #[path = "common/device.rs"]
 mod device;
 #[path = "common/s3.rs"]
@@ -224,9 +224,10 @@ impl World {
             device: device.into(),
         };
         // connected: the retained status names the factory model
-        w.obs.wait_status(LIMIT, "online with the factory model", |s| {
-            s["online"] == true && s["active"] == f.a.model_id.as_str()
-        });
+        w.obs
+            .wait_status(LIMIT, "online with the factory model", |s| {
+                s["online"] == true && s["active"] == f.a.model_id.as_str()
+            });
         w
     }
 
@@ -322,7 +323,13 @@ fn a_happy_path() {
     let hits = load.stop();
     assert_eq!(
         folded(&events),
-        ["received", "downloading", "verified", "activated", "health_passed"],
+        [
+            "received",
+            "downloading",
+            "verified",
+            "activated",
+            "health_passed"
+        ],
         "{events:#?}"
     );
     device::assert_verified(&hits, &verified());
@@ -386,10 +393,22 @@ fn b_health_gate_failure_rolls_back() {
     let failed = w.wait_reason(mark, "failed", "health_gate");
     let detail = failed["detail"].as_str().unwrap();
     assert!(detail.starts_with("empty_set_rate"), "{failed}");
-    let back = w.obs.wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back");
-    assert_eq!(back.json["to_model_id"], f.a.model_id.as_str(), "{}", back.json);
+    let back = w
+        .obs
+        .wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back");
+    assert_eq!(
+        back.json["to_model_id"],
+        f.a.model_id.as_str(),
+        "{}",
+        back.json
+    );
     assert_eq!(back.json["reason"], "health_gate");
-    let events: Vec<Value> = w.obs.events_since(mark).into_iter().map(|m| m.json).collect();
+    let events: Vec<Value> = w
+        .obs
+        .events_since(mark)
+        .into_iter()
+        .map(|m| m.json)
+        .collect();
     assert_eq!(
         folded(&events),
         [
@@ -426,11 +445,19 @@ fn b_health_gate_failure_rolls_back() {
     device::assert_verified(&hits, &verified());
     assert!(hits.iter().all(|h| h.status == 200), "a request failed");
     let served: Vec<&str> = hits.iter().filter_map(|h| h.model.as_deref()).collect();
-    assert!(served.contains(&f.sick.model_id.as_str()), "the sick model served in its gate");
+    assert!(
+        served.contains(&f.sick.model_id.as_str()),
+        "the sick model served in its gate"
+    );
     // A, the sick model during its window, A again, then C
     device::assert_order(
         &hits,
-        &[&f.a.model_id, &f.sick.model_id, &f.a.model_id, &f.c.model_id],
+        &[
+            &f.a.model_id,
+            &f.sick.model_id,
+            &f.a.model_id,
+            &f.c.model_id,
+        ],
     );
     w.agent.assert_alive();
     println!(
@@ -468,7 +495,11 @@ fn c_refusals_change_nothing() {
     elsewhere.target = Target::Devices {
         devices: vec!["dev-zz".into()],
     };
-    refuse(&w, device::signed(&elsewhere, &keys.command), "not_targeted");
+    refuse(
+        &w,
+        device::signed(&elsewhere, &keys.command),
+        "not_targeted",
+    );
     let mut expired = base.clone();
     expired.not_before_ms = device::now_ms() - 120_000;
     expired.not_after_ms = device::now_ms() - 60_000;
@@ -565,7 +596,12 @@ fn d_bundle_faults_keep_the_old_model() {
         assert_eq!(st["last"]["result"], "failed", "{st:#}");
         assert_eq!(st["last"]["reason"], reason, "{st:#}");
         assert_eq!(st["active"], f.a.model_id.as_str(), "{st:#}");
-        let events: Vec<Value> = w.obs.events_since(mark).into_iter().map(|m| m.json).collect();
+        let events: Vec<Value> = w
+            .obs
+            .events_since(mark)
+            .into_iter()
+            .map(|m| m.json)
+            .collect();
         assert!(
             !kinds(&events).iter().any(|k| k == "activated"),
             "{events:#?}"
@@ -594,7 +630,10 @@ fn d_bundle_faults_keep_the_old_model() {
 
 /// The `resumed=N` of the agent log's last "bundle downloaded" line.
 fn resumed_bytes(log: &str) -> Option<u64> {
-    let line = log.lines().rev().find(|l| l.contains("bundle downloaded"))?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("bundle downloaded"))?;
     let line = strip_ansi(line);
     let v = line.split("resumed=").nth(1)?;
     v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
@@ -695,7 +734,8 @@ fn e_sigkill_during_download_swap_and_gate() {
     let cmd = w.rollout(&f.c, "c");
     let mark = w.obs.mark();
     w.send(&cmd);
-    w.obs.wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    w.obs
+        .wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
     w.crash_and_restart();
     load.retarget(&w.agent.addr);
     let r = w.agent.rollout();
@@ -707,7 +747,8 @@ fn e_sigkill_during_download_swap_and_gate() {
     let cmd = w.rollout(&f.x, "x");
     let mark = w.obs.mark();
     w.send(&cmd);
-    w.obs.wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    w.obs
+        .wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(w.agent.rollout()["state"], "health_gate");
     w.crash_and_restart();
@@ -715,9 +756,10 @@ fn e_sigkill_during_download_swap_and_gate() {
     assert_eq!(w.agent.rollout()["state"], "health_gate");
     let mark = w.obs.mark();
     w.wait_converged(&cmd.rollout_id, &f.x.model_id);
-    w.obs.wait_event(mark, LIMIT, "health_passed after the restart", |e| {
-        kind(e) == "health_passed" && e["rollout_id"] == cmd.rollout_id.as_str()
-    });
+    w.obs
+        .wait_event(mark, LIMIT, "health_passed after the restart", |e| {
+            kind(e) == "health_passed" && e["rollout_id"] == cmd.rollout_id.as_str()
+        });
     let hits = load.stop();
     device::assert_verified(&hits, &verified());
     // only the moments the agent was down failed
@@ -744,7 +786,11 @@ fn e_sigkill_during_download_swap_and_gate() {
 fn f_broker_restart_mid_download() {
     let f = fleet();
     let t = Instant::now();
-    let mut w = World::with_config("dev-f", &[], "[mqtt]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\n");
+    let mut w = World::with_config(
+        "dev-f",
+        &[],
+        "[mqtt]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\n",
+    );
     let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
     w.proxy.set(s3::Mode::Stall {
         after: 100_000,
@@ -778,6 +824,200 @@ fn f_broker_restart_mid_download() {
     println!(
         "f_broker_restart_mid_download: {} answers, {:.1} s",
         hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// e2. The two crash windows a random SIGKILL rarely hits, made exactly: the state on
+/// disk is the one a SIGKILL leaves there. (1) The bundle was renamed into models/ but
+/// the agent died before it wrote `loading` (state `verifying`, no staging folder);
+/// (2) the new model was swapped in but the agent died before it wrote `health_gate`
+/// (state `loading`, active still A). Both restart serving A and converge on B.
+#[test]
+fn e2_crash_windows_between_io_and_state_write() {
+    use edge_agent::rollout::machine::{Job, ModelRef, Phase};
+    use edge_agent::rollout::persist;
+    let f = fleet();
+    let t = Instant::now();
+    for (i, window) in ["verifying", "loading"].into_iter().enumerate() {
+        let mut w = World::new(&format!("dev-e2-{i}"), &[]);
+        let data = w.agent.spec.data_dir.clone();
+        w.agent.kill9();
+        let cmd = w.rollout(&f.b, "b");
+        let job = Job {
+            rollout_id: cmd.rollout_id.clone(),
+            sequence: cmd.sequence,
+            model_id: f.b.model_id.clone(),
+            bundle: location("b"),
+            manifest_sha256: f.b.manifest_sha256.clone(),
+            bundle_bytes: f.b.bytes,
+            model_created_ms: f.b.created_ms,
+            accepted_ms: device::now_ms(),
+            deadline_ms: device::now_ms() + 600_000,
+            attempts: 0,
+            retry_at_ms: None,
+        };
+        // what install leaves: the verified bundle under models/<id>, staging gone
+        common::copy_dir(&f.b.dir, &data.join("models").join(&f.b.model_id));
+        let mut st = persist::load(&data).unwrap().unwrap();
+        st.highest_sequence = cmd.sequence;
+        st.model_floor_ms = f.b.created_ms;
+        st.phase = match window {
+            "verifying" => Phase::Verifying { job },
+            _ => Phase::Loading {
+                job,
+                model: ModelRef {
+                    model_id: f.b.model_id.clone(),
+                    manifest_sha256: f.b.manifest_sha256.clone(),
+                    created_ms: f.b.created_ms,
+                },
+            },
+        };
+        persist::save(&data, &st).unwrap();
+        let mark = w.obs.mark();
+        w.agent = Agent::start(&w.agent.spec.clone());
+        assert_eq!(w.agent.predict().1.as_deref(), Some(f.a.model_id.as_str()));
+        w.wait_converged(&cmd.rollout_id, &f.b.model_id);
+        let events: Vec<Value> = w
+            .obs
+            .events_since(mark)
+            .into_iter()
+            .map(|m| m.json)
+            .collect();
+        assert_eq!(
+            kinds(&events).last().map(String::as_str),
+            Some("health_passed"),
+            "{window}: {events:#?}"
+        );
+        w.assert_serving(&f.b.model_id);
+        w.agent.assert_alive();
+    }
+    println!(
+        "e2_crash_windows_between_io_and_state_write: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// g. A loop of rollouts (EDGECP_ROLLOUT_LOOPS, default 10; the figure is 50),
+/// each SIGKILLed at a random moment and restarted: the agent serves a verified model
+/// every time, and converges on each target (the operator sends the same signed command
+/// again after a restart: a duplicate is ignored, a lost one is taken).
+#[test]
+fn g_random_sigkill_loop() {
+    use rand::{Rng, SeedableRng};
+    let f = fleet();
+    let t = Instant::now();
+    let n = env_usize("EDGECP_ROLLOUT_LOOPS", 10);
+    let seed = std::env::var("EDGECP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| device::now_ms() as u64);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut w = World::new("dev-g", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let mut phases: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..n {
+        let (target, name) = if i % 2 == 0 { (&f.x, "x") } else { (&f.y, "y") };
+        let cmd = w.rollout(target, name);
+        w.send(&cmd);
+        let delay = rng.random_range(0..650);
+        std::thread::sleep(Duration::from_millis(delay));
+        w.agent.kill9();
+        let phase = state_file(&w)["phase"]["phase"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let done = state_file(&w)["last"]["rollout_id"] == cmd.rollout_id.as_str();
+        *phases
+            .entry(if done { "done".into() } else { phase })
+            .or_default() += 1;
+        w.crash_and_restart();
+        load.retarget(&w.agent.addr);
+        w.send(&cmd);
+        w.wait_converged(&cmd.rollout_id, &target.model_id);
+    }
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200 || h.status == 0));
+    w.agent.assert_alive();
+    println!(
+        "g_random_sigkill_loop: {n} rollouts, seed {seed}, killed in {phases:?}, {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// h. Swaps under steady HTTP load (EDGECP_SWAPS, default 20; the figure is
+/// 100): no request fails; p99 latency in rollout windows (verified -> health_passed)
+/// against steady state.
+#[test]
+fn h_swaps_under_load() {
+    let f = fleet();
+    let t = Instant::now();
+    let n = env_usize("EDGECP_SWAPS", 20);
+    let mut w = World::new("dev-h", &["--health-window-ms", "0"]);
+    let load = Load::start(&w.agent.addr, 2, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut windows = Vec::new();
+    let (mut to_act, mut to_ok) = (Vec::new(), Vec::new());
+    let mut rss = (0u64, 0u64);
+    for i in 0..n {
+        let (target, name) = if i % 2 == 0 { (&f.x, "x") } else { (&f.y, "y") };
+        let mark = w.obs.mark();
+        let (events, act, ok) = w.roll_to(target, name);
+        assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+        let at = |k: &str| {
+            w.obs
+                .events_since(mark)
+                .into_iter()
+                .find(|m| kind(&m.json) == k)
+                .map(|m| m.at)
+                .unwrap()
+        };
+        windows.push((at("received"), at("health_passed")));
+        to_act.push(act.as_secs_f64() * 1e3);
+        to_ok.push(ok.as_secs_f64() * 1e3);
+        rss.0 = rss.0.max(w.agent.proc_kb("VmRSS").unwrap_or(0));
+        rss.1 = rss.1.max(w.agent.proc_kb("VmHWM").unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    let failed = hits.iter().filter(|h| h.status != 200).count();
+    assert_eq!(failed, 0, "requests failed during swaps");
+    let in_window = |h: &Hit| {
+        windows
+            .iter()
+            .any(|(a, b)| h.at + Duration::from_secs_f64(h.seconds) >= *a && h.at <= *b)
+    };
+    let (mut swap, mut steady): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    for h in &hits {
+        if in_window(h) {
+            swap.push(h.seconds * 1e3);
+        } else {
+            steady.push(h.seconds * 1e3);
+        }
+    }
+    let (ns, nt) = (swap.len(), steady.len());
+    let p99_swap = device::percentile(&mut swap, 99.0);
+    let p99_steady = device::percentile(&mut steady, 99.0);
+    let p50_steady = device::percentile(&mut steady, 50.0);
+    w.agent.assert_alive();
+    println!(
+        "h_swaps_under_load: {n} swaps, {} requests, 0 failed; p99 in rollout windows {p99_swap:.2} ms ({ns} requests) vs steady {p99_steady:.2} ms ({nt} requests, p50 {p50_steady:.2} ms): ratio {:.2}; command->activated p50 {:.0} ms, command->health_passed p50 {:.0} ms; agent VmRSS max {} kB, VmHWM {} kB; {:.1} s",
+        hits.len(),
+        p99_swap / p99_steady,
+        median(&mut to_act),
+        median(&mut to_ok),
+        rss.0,
+        rss.1,
         t.elapsed().as_secs_f64()
     );
 }

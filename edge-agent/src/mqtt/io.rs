@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
-use super::topics::{self, Source};
+use super::topics;
 use super::{read_password, tls, validate, Inbound, MqttError, MqttSettings};
 
 /// Why a publish was not queued.
@@ -455,6 +455,7 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::topics::Source;
 
     fn publish(topic: &str, expiry: Option<u32>) -> Publish {
         let mut p = Publish::new(topic, QoS::AtLeastOnce, "x", None);

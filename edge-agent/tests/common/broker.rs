@@ -182,7 +182,10 @@ impl Observer {
             if seen(&o) {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "observer never subscribed");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "observer never subscribed"
+            );
         }
         o
     }
@@ -255,7 +258,10 @@ impl Observer {
                 return s;
             }
             if t0.elapsed() > limit {
-                panic!("no status {what} within {limit:?}; last: {:?}", self.status());
+                panic!(
+                    "no status {what} within {limit:?}; last: {:?}",
+                    self.status()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

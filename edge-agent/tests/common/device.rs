@@ -295,7 +295,12 @@ impl Agent {
     }
 
     /// Waits until `/v1/rollout` satisfies `pred`.
-    pub fn wait_rollout(&self, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_rollout(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let t0 = Instant::now();
         loop {
             let v = self.rollout();
