@@ -13,7 +13,7 @@ mod device;
 mod s3;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -55,8 +55,23 @@ struct Fleet {
 fn fleet() -> &'static Fleet {
     static F: OnceLock<Fleet> = OnceLock::new();
     F.get_or_init(|| {
+        // under the target's scratch folder, since a static is never dropped: this run's
+        // copy stays, those of runs over an hour old go
         let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
         std::fs::create_dir_all(scratch).unwrap();
+        for e in std::fs::read_dir(scratch).unwrap().flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+            if old
+                && e.file_name()
+                    .to_string_lossy()
+                    .starts_with("rollout-bundles")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let root = tempfile::Builder::new()
             .prefix("rollout-bundles")
             .tempdir_in(scratch)
@@ -89,14 +104,14 @@ fn fleet() -> &'static Fleet {
             device::alter_golden(m, d, 0.5);
         });
         let rogue = device::derive(&b0, r, "rogue", &keys.rogue, at(t + 1000, "rogue"));
-        let mut flipped = device::derive(&b0, r, "flipped", k, at(t + 1000, "flipped"));
+        let flipped = device::derive(&b0, r, "flipped", k, at(t + 1000, "flipped"));
         {
+            // after signing: the manifest still names the original bytes
             let onnx = flipped.dir.join("model.onnx");
             let mut bytes = std::fs::read(&onnx).unwrap();
             let i = bytes.len() / 2;
             bytes[i] ^= 0x01;
             std::fs::write(&onnx, bytes).unwrap();
-            flipped.dir = flipped.dir.clone();
         }
         let old = device::derive(&a0, r, "old", k, at(t + 500, "old"));
         let x = device::derive(&a0, r, "x", k, at(t + 5000, "x"));
@@ -134,8 +149,8 @@ struct World {
     obs: Observer,
     broker: Broker,
     proxy: s3::Proxy,
-    s3: s3::S3sFs,
-    rt: tokio::runtime::Runtime,
+    _s3: s3::S3sFs,
+    _rt: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
     seq: u64,
     device: String,
@@ -217,8 +232,8 @@ impl World {
             obs,
             broker,
             proxy,
-            s3,
-            rt,
+            _s3: s3,
+            _rt: rt,
             dir,
             seq: 0,
             device: device.into(),
@@ -648,7 +663,7 @@ fn d_bundle_faults_keep_the_old_model() {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(models, [f.a.model_id.clone()], "{reason}");
+        assert_eq!(models, [f.a.model_id.as_str()], "{reason}");
     }
     let (events, _, _) = w.roll_to(&f.b, "b");
     assert_eq!(kinds(&events).last().unwrap(), "health_passed");

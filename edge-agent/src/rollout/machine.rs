@@ -335,6 +335,8 @@ pub enum Report {
 }
 
 /// What the driver must do, in order.
+// A few actions per event, consumed at once: boxing the persisted state would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Write this state atomically before the actions after it.
