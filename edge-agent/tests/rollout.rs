@@ -1097,3 +1097,155 @@ fn h_swaps_under_load() {
         t.elapsed().as_secs_f64()
     );
 }
+
+impl World {
+    /// A signed `rollback` command with the next sequence.
+    fn rollback_cmd(&mut self) -> Command {
+        let seq = self.next_seq();
+        let mut c = device::rollout(FLEET, seq, &fleet().a, &location("a"));
+        c.rollout_id = format!("rb{seq}");
+        c.action = Action::Rollback;
+        c
+    }
+}
+
+/// i. A newer command during a download supersedes it; one during the health gate waits
+/// (queued) and runs next; a signed rollback goes back to the previous model, also in
+/// the middle of a health gate; with no previous model it is refused.
+#[test]
+fn i_supersede_queue_and_rollback_commands() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-i", &["--health-window-ms", "1500"]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+
+    // superseded during its download
+    w.proxy.set(s3::Mode::Stall {
+        after: 100_000,
+        connections: 1_000_000,
+    });
+    let first = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&first);
+    w.obs.wait_event(mark, LIMIT, "download progress", |e| {
+        kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 0)
+    });
+    w.proxy.set(s3::Mode::Pass);
+    let second = w.rollout(&f.c, "c");
+    w.send(&second);
+    let e = w.wait_reason(mark, "canceled", "superseded");
+    assert_eq!(e["rollout_id"], first.rollout_id.as_str());
+    w.obs.wait_event(mark, LIMIT, "activated", |e| {
+        kind(e) == "activated" && e["rollout_id"] == second.rollout_id.as_str()
+    });
+    // queued behind the health gate
+    let third = w.rollout(&f.x, "x");
+    w.send(&third);
+    let q = w
+        .obs
+        .wait_event(mark, LIMIT, "queued", |e| kind(e) == "queued")
+        .json;
+    assert_eq!(q["rollout_id"], third.rollout_id.as_str(), "{q}");
+    assert_eq!(q["behind"], second.rollout_id.as_str(), "{q}");
+    assert_eq!(w.agent.rollout()["pending"], third.rollout_id.as_str());
+    w.wait_converged(&third.rollout_id, &f.x.model_id);
+    let events: Vec<Value> = w
+        .obs
+        .events_since(mark)
+        .into_iter()
+        .map(|m| m.json)
+        .collect();
+    let order: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| ["health_passed", "received"].contains(&kind(e)))
+        .map(|e| {
+            (
+                kind(e).to_string(),
+                e["rollout_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let pos = |k: &str, id: &str| {
+        order
+            .iter()
+            .position(|(a, b)| a == k && b == id)
+            .unwrap_or_else(|| panic!("no {k} of {id}: {events:#?}"))
+    };
+    assert!(pos("health_passed", &second.rollout_id) < pos("received", &third.rollout_id));
+    assert!(
+        !events
+            .iter()
+            .any(|e| kind(e) == "activated" && e["rollout_id"] == first.rollout_id.as_str()),
+        "the superseded rollout activated"
+    );
+    assert_eq!(w.agent.rollout()["previous"], f.c.model_id.as_str());
+
+    // a rollback while idle: back to C; a second one has nowhere to go
+    let rb = w.rollback_cmd();
+    let mark = w.obs.mark();
+    w.send(&rb);
+    let e = w
+        .obs
+        .wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back")
+        .json;
+    assert_eq!(e["to_model_id"], f.c.model_id.as_str(), "{e}");
+    assert_eq!(e["reason"], "commanded", "{e}");
+    w.agent.wait_rollout(LIMIT, "idle on C", |r| {
+        r["state"] == "idle" && r["active"] == f.c.model_id.as_str() && r["previous"].is_null()
+    });
+    w.assert_serving(&f.c.model_id);
+    let rb = w.rollback_cmd();
+    let mark = w.obs.mark();
+    w.send(&rb);
+    w.wait_reason(mark, "refused", "no_previous");
+    w.assert_serving(&f.c.model_id);
+
+    // a rollback in the middle of a health gate acts at once
+    let fourth = w.rollout(&f.y, "y");
+    let mark = w.obs.mark();
+    w.send(&fourth);
+    w.obs
+        .wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    let rb = w.rollback_cmd();
+    w.send(&rb);
+    let e = w.wait_reason(mark, "canceled", "commanded");
+    assert_eq!(e["rollout_id"], fourth.rollout_id.as_str());
+    let e = w
+        .obs
+        .wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back")
+        .json;
+    assert_eq!(e["to_model_id"], f.c.model_id.as_str(), "{e}");
+    w.agent.wait_rollout(LIMIT, "idle on C", |r| {
+        r["state"] == "idle" && r["active"] == f.c.model_id.as_str()
+    });
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    w.agent.assert_alive();
+
+    // SIGTERM: a clean stop that says so on the retained status
+    let pid = w.agent.pid() as i32;
+    // SAFETY: kill(2) on our own child's pid
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = w.agent.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    w.obs
+        .wait_status(LIMIT, "offline after SIGTERM", |s| s["state"] == "offline");
+    println!(
+        "i_supersede_queue_and_rollback_commands: {} answers, SIGTERM exit in {:.0} ms, {:.1} s",
+        hits.len(),
+        t0.elapsed().as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64()
+    );
+}
