@@ -1041,7 +1041,7 @@ fn h_swaps_under_load() {
     let mut w = World::new("dev-h", &["--health-window-ms", "0"]);
     let load = Load::start(&w.agent.addr, 2, Duration::from_millis(1));
     std::thread::sleep(Duration::from_millis(500));
-    let mut windows = Vec::new();
+    let (mut windows, mut swaps) = (Vec::new(), Vec::new());
     let (mut to_act, mut to_ok) = (Vec::new(), Vec::new());
     let mut rss = (0u64, 0u64);
     for i in 0..n {
@@ -1058,6 +1058,11 @@ fn h_swaps_under_load() {
                 .unwrap()
         };
         windows.push((at("received"), at("health_passed")));
+        let a = at("activated");
+        swaps.push((
+            a - Duration::from_millis(100),
+            a + Duration::from_millis(100),
+        ));
         to_act.push(act.as_secs_f64() * 1e3);
         to_ok.push(ok.as_secs_f64() * 1e3);
         rss.0 = rss.0.max(w.agent.proc_kb("VmRSS").unwrap_or(0));
@@ -1073,21 +1078,32 @@ fn h_swaps_under_load() {
             .iter()
             .any(|(a, b)| h.at + Duration::from_secs_f64(h.seconds) >= *a && h.at <= *b)
     };
+    let near_swap = |h: &Hit| {
+        swaps
+            .iter()
+            .any(|(a, b)| h.at + Duration::from_secs_f64(h.seconds) >= *a && h.at <= *b)
+    };
     let (mut swap, mut steady): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mut at_swap: Vec<f64> = Vec::new();
     for h in &hits {
+        if near_swap(h) {
+            at_swap.push(h.seconds * 1e3);
+        }
         if in_window(h) {
             swap.push(h.seconds * 1e3);
         } else {
             steady.push(h.seconds * 1e3);
         }
     }
+    let n_at = at_swap.len();
+    let p99_at_swap = device::percentile(&mut at_swap, 99.0);
     let (ns, nt) = (swap.len(), steady.len());
     let p99_swap = device::percentile(&mut swap, 99.0);
     let p99_steady = device::percentile(&mut steady, 99.0);
     let p50_steady = device::percentile(&mut steady, 50.0);
     w.agent.assert_alive();
     println!(
-        "h_swaps_under_load: {n} swaps, {} requests, 0 failed; p99 in rollout windows {p99_swap:.2} ms ({ns} requests) vs steady {p99_steady:.2} ms ({nt} requests, p50 {p50_steady:.2} ms): ratio {:.2}; command->activated p50 {:.0} ms, command->health_passed p50 {:.0} ms; agent VmRSS max {} kB, VmHWM {} kB; {:.1} s",
+        "h_swaps_under_load: {n} swaps, {} requests, 0 failed; p99 within 100 ms of a swap {p99_at_swap:.2} ms ({n_at} requests), in rollout windows (received -> health_passed) {p99_swap:.2} ms ({ns} requests) vs steady {p99_steady:.2} ms ({nt} requests, p50 {p50_steady:.2} ms): ratio {:.2}; command->activated p50 {:.0} ms, command->health_passed p50 {:.0} ms; agent VmRSS max {} kB, VmHWM {} kB; {:.1} s",
         hits.len(),
         p99_swap / p99_steady,
         median(&mut to_act),
