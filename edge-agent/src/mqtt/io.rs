@@ -476,7 +476,7 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::Source;
+    use crate::mqtt::topics::Source;
 
     fn publish(topic: &str, expiry: Option<u32>) -> Publish {
         let mut p = Publish::new(topic, QoS::AtLeastOnce, "x", None);

@@ -368,9 +368,12 @@ impl Driver {
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
             let seq = job.sequence;
-            let ev = match download::staging_dir(&models, &job.rollout_id)
-                .and_then(|staging| download::install(&staging, &spec, &keys.bundle, &models))
-            {
+            let ev = match download::staging_dir(&models, &job.rollout_id).and_then(|staging| {
+                match installed_before_crash(&staging, &models, &job, &spec, &keys.bundle) {
+                    Some(inst) => Ok(inst),
+                    None => download::install(&staging, &spec, &keys.bundle, &models),
+                }
+            }) {
                 Ok(inst) => match shared::bundle::read_unverified(&inst.path) {
                     Ok(m) => Event::Verified {
                         seq,
@@ -749,6 +752,44 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// The install of `job` if it is already done: `models/<model_id>` holds the command's
+/// bundle, signed by a trusted key. That is what a SIGKILL after the install's rename (or
+/// while an install of an already present model removed its staging folder) and before
+/// the next state write leaves: the state still says `verifying`, and installing again
+/// would look for a staging folder that is gone or half removed.
+fn installed_before_crash(
+    staging: &Path,
+    models: &Path,
+    job: &Job,
+    spec: &DownloadSpec,
+    keys: &[VerifyingKey],
+) -> Option<download::Installed> {
+    if !super::disk::safe_component(&job.model_id) {
+        return None;
+    }
+    let path = models.join(&job.model_id);
+    if !path.is_dir() {
+        return None;
+    }
+    let ok = keys.iter().any(|k| {
+        shared::bundle::verify(&path, k).is_ok_and(|v| v.manifest_sha256 == spec.manifest_sha256)
+    });
+    ok.then(|| {
+        if staging.exists() {
+            if let Err(e) = std::fs::remove_dir_all(staging) {
+                tracing::warn!(path = %staging.display(), error = %e, "removing a staging folder");
+            }
+        }
+        tracing::info!(path = %path.display(), "bundle already installed");
+        download::Installed {
+            path,
+            model_id: job.model_id.clone(),
+            manifest_sha256: spec.manifest_sha256.clone(),
+            already_present: true,
+        }
+    })
 }
 
 /// Whether the bundle's manifest is signed by one of the command keys (a bundle signed

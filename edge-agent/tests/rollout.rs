@@ -1,0 +1,1267 @@
+//! `edge-agent run` end to end: the real agent binary, a private Mosquitto, a real S3
+//! server (s3s-fs) behind a fault-injecting proxy, signed bundles and signed commands.
+//! Every test checks that each HTTP answer came from a verified model, that the agent did
+//! not crash (or came back consistent after the SIGKILL the test sent), that a fault is
+//! reported with its reason, and that the agent converges once the fault is gone.
+
+#[path = "common/broker.rs"]
+mod broker;
+mod common;
+#[path = "common/device.rs"]
+mod device;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use broker::{kind, Broker, Observer};
+use device::{Agent, AgentSpec, Built, Hit, Keys, Load};
+use serde_json::Value;
+use shared::command::{Action, Command, Target};
+
+const BUCKET: &str = "bundles";
+const FLEET: &str = "lab";
+const EPSILON: f64 = 0.05;
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Every bundle of this file, built once (building the two real ones takes seconds).
+struct Fleet {
+    _root: tempfile::TempDir,
+    keys: Keys,
+    /// The factory model.
+    a: Built,
+    /// Newer than `a`, its own weights.
+    b: Built,
+    /// Newer than `b`.
+    c: Built,
+    /// As new as `b`; its validation figures are far from what it does: the gate fails.
+    sick: Built,
+    /// As new as `b`; golden outputs altered (and re-signed): the self-test fails.
+    bad_golden: Built,
+    /// As new as `b`; signed by a key nobody trusts.
+    rogue: Built,
+    /// As new as `b`; one byte of model.onnx flipped after signing.
+    flipped: Built,
+    /// Older than `b`.
+    old: Built,
+    /// Newest, equally new: the loops alternate between them.
+    x: Built,
+    y: Built,
+}
+
+fn fleet() -> &'static Fleet {
+    static F: OnceLock<Fleet> = OnceLock::new();
+    F.get_or_init(|| {
+        // under the target's scratch folder, since a static is never dropped: this run's
+        // copy stays, those of runs over an hour old go
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(scratch).unwrap();
+        for e in std::fs::read_dir(scratch).unwrap().flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+            if old
+                && e.file_name()
+                    .to_string_lossy()
+                    .starts_with("rollout-bundles")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let root = tempfile::Builder::new()
+            .prefix("rollout-bundles")
+            .tempdir_in(scratch)
+            .unwrap();
+        let r = root.path();
+        let keys = Keys::new(&r.join("keys"));
+        let k = &keys.bundle;
+        let a0 = device::build_seeded(r, "a0", 11, k);
+        let b0 = device::build_seeded(r, "b0", 12, k);
+        let t = a0.created_ms;
+        let at = |ms: i64, id: &'static str| {
+            move |m: &mut shared::bundle::Manifest, _: &Path| {
+                m.created_ms = ms;
+                m.model_id = format!("{id}-{}", &m.model_id[m.model_id.len() - 8..]);
+            }
+        };
+        let a = device::derive(&a0, r, "a", k, at(t, "a"));
+        let b = device::derive(&b0, r, "b", k, at(t + 1000, "b"));
+        let c = device::derive(&a0, r, "c", k, at(t + 2000, "c"));
+        let tag = (EPSILON * 1000.0).round() as u32;
+        let sick = device::derive(&b0, r, "sick", k, |m, d| {
+            at(t + 1000, "sick")(m, d);
+            m.metrics
+                .insert(format!("validation_empty_eps{tag:03}"), 0.97);
+            m.metrics
+                .insert(format!("validation_mean_set_size_eps{tag:03}"), 0.03);
+        });
+        let bad_golden = device::derive(&b0, r, "bad_golden", k, |m, d| {
+            at(t + 1000, "badgolden")(m, d);
+            device::alter_golden(m, d, 0.5);
+        });
+        let rogue = device::derive(&b0, r, "rogue", &keys.rogue, at(t + 1000, "rogue"));
+        let flipped = device::derive(&b0, r, "flipped", k, at(t + 1000, "flipped"));
+        {
+            // after signing: the manifest still names the original bytes
+            let onnx = flipped.dir.join("model.onnx");
+            let mut bytes = std::fs::read(&onnx).unwrap();
+            let i = bytes.len() / 2;
+            bytes[i] ^= 0x01;
+            std::fs::write(&onnx, bytes).unwrap();
+        }
+        let old = device::derive(&a0, r, "old", k, at(t + 500, "old"));
+        let x = device::derive(&a0, r, "x", k, at(t + 5000, "x"));
+        let y = device::derive(&b0, r, "y", k, at(t + 5000, "y"));
+        Fleet {
+            _root: root,
+            keys,
+            a,
+            b,
+            c,
+            sick,
+            bad_golden,
+            rogue,
+            flipped,
+            old,
+            x,
+            y,
+        }
+    })
+}
+
+/// Models whose answers are allowed: verified bundles.
+fn verified() -> BTreeSet<String> {
+    let f = fleet();
+    [&f.a, &f.b, &f.c, &f.sick, &f.old, &f.x, &f.y]
+        .iter()
+        .map(|b| b.model_id.clone())
+        .collect()
+}
+
+/// One device and its world: S3 behind a proxy, a broker, an observer, the agent.
+struct World {
+    // field order is drop order: the agent goes first
+    agent: Agent,
+    obs: Observer,
+    broker: Broker,
+    proxy: s3::Proxy,
+    _s3: s3::S3sFs,
+    _rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    seq: u64,
+    device: String,
+}
+
+fn location(name: &str) -> String {
+    format!("s3://{BUCKET}/models/{name}")
+}
+
+impl World {
+    fn new(device: &str, extra: &[&str]) -> World {
+        World::with_config(device, extra, "")
+    }
+
+    fn with_config(device: &str, extra: &[&str], more_config: &str) -> World {
+        let f = fleet();
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let s3 = s3::S3sFs::start();
+        let bucket = s3.bucket(BUCKET);
+        for (name, b) in [
+            ("a", &f.a),
+            ("b", &f.b),
+            ("c", &f.c),
+            ("sick", &f.sick),
+            ("bad_golden", &f.bad_golden),
+            ("rogue", &f.rogue),
+            ("flipped", &f.flipped),
+            ("old", &f.old),
+            ("x", &f.x),
+            ("y", &f.y),
+        ] {
+            s3::upload_dir(&b.dir, &bucket, &format!("models/{name}"));
+        }
+        let proxy = rt.block_on(s3::Proxy::start(s3.port));
+        let broker = Broker::start();
+        let obs = Observer::start(&broker, device);
+        let mut cfg = String::from("[store.options]\n");
+        for (k, v) in s3::store_options(proxy.port) {
+            cfg += &format!("{k} = {v:?}\n");
+        }
+        cfg += "[download]\nstall_timeout_ms = 1500\n";
+        cfg += "[health]\np99_slack_ms = 2000.0\nmin_answers_for_sets = 10\n";
+        cfg += more_config;
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, cfg).unwrap();
+        // defaults, unless `extra` gives the flag
+        let mut args: Vec<String> = Vec::new();
+        for (flag, value) in [
+            ("--health-window-ms", "300"),
+            ("--health-min-answers", "0"),
+            ("--telemetry-interval-s", "1"),
+            ("--epsilon", "0.05"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let spec = AgentSpec {
+            device: device.into(),
+            fleet: FLEET.into(),
+            data_dir: dir.path().join("data"),
+            broker: broker.url(),
+            factory: f.a.dir.clone(),
+            bundle_pub: f.keys.bundle_pub.clone(),
+            command_pub: f.keys.command_pub.clone(),
+            config,
+            extra: args,
+            log: dir.path().join("agent.log"),
+        };
+        let agent = Agent::start(&spec);
+        let w = World {
+            agent,
+            obs,
+            broker,
+            proxy,
+            _s3: s3,
+            _rt: rt,
+            dir,
+            seq: 0,
+            device: device.into(),
+        };
+        // connected: the retained status names the factory model
+        w.obs
+            .wait_status(LIMIT, "online with the factory model", |s| {
+                s["online"] == true && s["active"] == f.a.model_id.as_str()
+            });
+        w
+    }
+
+    fn cmd_topic(&self) -> String {
+        format!("devices/{}/cmd", self.device)
+    }
+
+    /// Signs `cmd` with the command key and publishes it on this device's topic.
+    fn send(&self, cmd: &Command) {
+        let json = device::signed(cmd, &fleet().keys.command);
+        self.broker.publish(&self.cmd_topic(), &json, false);
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A rollout of `b` (at `models/<name>`) with the next sequence.
+    fn rollout(&mut self, b: &Built, name: &str) -> Command {
+        let seq = self.next_seq();
+        device::rollout(FLEET, seq, b, &location(name))
+    }
+
+    /// Sends a rollout of `b` and waits for its end; returns (events, command->activated,
+    /// command->health_passed).
+    fn roll_to(&mut self, b: &Built, name: &str) -> (Vec<Value>, Duration, Duration) {
+        let cmd = self.rollout(b, name);
+        let mark = self.obs.mark();
+        let t0 = Instant::now();
+        self.send(&cmd);
+        let rid = cmd.rollout_id.clone();
+        let act = self.obs.wait_event(mark, LIMIT, "activated", |e| {
+            kind(e) == "activated" && e["rollout_id"] == rid.as_str()
+        });
+        let ok = self.obs.wait_event(mark, LIMIT, "health_passed", |e| {
+            kind(e) == "health_passed" && e["rollout_id"] == rid.as_str()
+        });
+        let events = self
+            .obs
+            .events_since(mark)
+            .into_iter()
+            .filter(|m| m.json["rollout_id"] == rid.as_str())
+            .map(|m| m.json)
+            .collect();
+        (events, act.at - t0, ok.at - t0)
+    }
+
+    /// The agent serves `model` (answers and `/v1/rollout`).
+    fn assert_serving(&self, model: &str) {
+        let (st, m) = self.agent.predict();
+        assert_eq!(st, 200);
+        assert_eq!(m.as_deref(), Some(model));
+        let r = self.agent.rollout();
+        assert_eq!(r["serving"], model, "{r:#}");
+        assert_eq!(r["active"], model, "{r:#}");
+    }
+
+    fn log(&self) -> String {
+        device::tail(&self.agent.spec.log)
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| kind(e).to_string()).collect()
+}
+
+/// The events' kinds, with runs of `downloading` folded into one.
+fn folded(events: &[Value]) -> Vec<String> {
+    let mut k = kinds(events);
+    k.dedup();
+    k
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    device::percentile(v, 50.0)
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// a. The factory model serves; a signed rollout of B goes received -> downloading ->
+/// verified -> activated -> health_passed; answers switch from A to B; the retained
+/// status says active B, previous A.
+#[test]
+fn a_happy_path() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-a", &[]);
+    w.assert_serving(&f.a.model_id);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(5));
+    let (events, to_act, to_ok) = w.roll_to(&f.b, "b");
+    std::thread::sleep(Duration::from_millis(200));
+    let hits = load.stop();
+    assert_eq!(
+        folded(&events),
+        [
+            "received",
+            "downloading",
+            "verified",
+            "activated",
+            "health_passed"
+        ],
+        "{events:#?}"
+    );
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    // A, then B, never back
+    device::assert_order(&hits, &[&f.a.model_id, &f.b.model_id]);
+    let models: Vec<&str> = hits.iter().filter_map(|h| h.model.as_deref()).collect();
+    assert_eq!(models.first(), Some(&f.a.model_id.as_str()));
+    assert_eq!(models.last(), Some(&f.b.model_id.as_str()));
+    let st = w.obs.wait_status(LIMIT, "idle on B", |s| {
+        s["state"] == "idle" && s["active"] == f.b.model_id.as_str()
+    });
+    assert_eq!(st["previous"], f.a.model_id.as_str());
+    assert_eq!(st["last"]["result"], "succeeded");
+    w.assert_serving(&f.b.model_id);
+    // telemetry (every second here) counts the answers of the serving model
+    let t0 = Instant::now();
+    let telemetry = loop {
+        let seen = w.obs.all().into_iter().rev().find(|m| {
+            m.topic == "devices/dev-a/telemetry" && m.json["requests"].as_u64() > Some(0)
+        });
+        if let Some(m) = seen {
+            break m.json;
+        }
+        assert!(t0.elapsed() < LIMIT, "no telemetry");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(verified().contains(telemetry["model_id"].as_str().unwrap()));
+    w.agent.assert_alive();
+    println!(
+        "a_happy_path: command->activated {:.0} ms, command->health_passed {:.0} ms ({} answers, {:.1} s)",
+        to_act.as_secs_f64() * 1e3,
+        to_ok.as_secs_f64() * 1e3,
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+impl World {
+    /// Waits for an event of `kind` with `reason` after `mark`.
+    fn wait_reason(&self, mark: usize, what: &str, reason: &str) -> Value {
+        self.obs
+            .wait_event(mark, LIMIT, &format!("{what}/{reason}"), |e| {
+                kind(e) == what && e["reason"] == reason
+            })
+            .json
+    }
+
+    /// Idle, serving `model`, with this highest sequence: nothing changed.
+    fn assert_idle_on(&self, model: &str, highest: u64) {
+        let r = self.agent.rollout();
+        assert_eq!(r["state"], "idle", "{r:#}");
+        assert_eq!(r["highest_sequence"], highest, "{r:#}");
+        assert!(r["pending"].is_null(), "{r:#}");
+        self.assert_serving(model);
+    }
+}
+
+/// b. A model that fails the health gate (its validation figures are far from what it
+/// does) is rolled back automatically: failed{health_gate, empty_set_rate: ...}, then
+/// rolled_back; A serves again; a following rollout of a good C converges.
+#[test]
+fn b_health_gate_failure_rolls_back() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new(
+        "dev-b",
+        &["--health-window-ms", "600", "--health-min-answers", "10"],
+    );
+    let load = Load::start(&w.agent.addr, 2, Duration::from_millis(2));
+    let cmd = w.rollout(&f.sick, "sick");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let failed = w.wait_reason(mark, "failed", "health_gate");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.starts_with("empty_set_rate"), "{failed}");
+    let back = w
+        .obs
+        .wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back");
+    assert_eq!(
+        back.json["to_model_id"],
+        f.a.model_id.as_str(),
+        "{}",
+        back.json
+    );
+    assert_eq!(back.json["reason"], "health_gate");
+    let events: Vec<Value> = w
+        .obs
+        .events_since(mark)
+        .into_iter()
+        .map(|m| m.json)
+        .collect();
+    assert_eq!(
+        folded(&events),
+        [
+            "received",
+            "downloading",
+            "verified",
+            "activated",
+            "failed",
+            "rolled_back"
+        ],
+        "{events:#?}"
+    );
+    let st = w.obs.wait_status(LIMIT, "rolled back to A", |s| {
+        s["state"] == "idle" && s["last"]["result"] == "rolled_back"
+    });
+    assert_eq!(st["active"], f.a.model_id.as_str(), "{st:#}");
+    assert_eq!(st["last"]["reason"], "health_gate", "{st:#}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("empty_set_rate"),
+        "{st:#}"
+    );
+    let r = w.agent.rollout();
+    assert_eq!(r["last"]["reason"], "health_gate", "{r:#}");
+    w.assert_serving(&f.a.model_id);
+
+    // again, with a SIGKILL in the sick model's health gate: the restarted agent serves
+    // it (its state names it active), runs the gate again, and rolls back
+    let cmd = w.rollout(&f.sick, "sick");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs
+        .wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    std::thread::sleep(Duration::from_millis(150));
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    let mark = w.obs.mark();
+    let failed = w.wait_reason(mark, "failed", "health_gate");
+    assert_eq!(failed["rollout_id"], cmd.rollout_id.as_str(), "{failed}");
+    w.obs
+        .wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back");
+    w.agent.wait_rollout(LIMIT, "rolled back", |r| {
+        r["state"] == "idle" && r["last"]["result"] == "rolled_back"
+    });
+    w.assert_serving(&f.a.model_id);
+
+    // the fault is gone: a good model converges (under the same load)
+    let (events, _, _) = w.roll_to(&f.c, "c");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    // only the moment the agent was down failed
+    assert!(hits.iter().all(|h| h.status == 200 || h.status == 0));
+    let served: Vec<&str> = hits.iter().filter_map(|h| h.model.as_deref()).collect();
+    assert!(
+        served.contains(&f.sick.model_id.as_str()),
+        "the sick model served in its gate"
+    );
+    // A, the sick model during its window, A again, then C
+    device::assert_order(
+        &hits,
+        &[
+            &f.a.model_id,
+            &f.sick.model_id,
+            &f.a.model_id,
+            &f.sick.model_id,
+            &f.a.model_id,
+            &f.c.model_id,
+        ],
+    );
+    w.agent.assert_alive();
+    println!(
+        "b_health_gate_failure_rolls_back: {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// c. Refusals, each reported with its reason and changing nothing: bad signature, a
+/// command signed by the bundle key, another fleet, not targeted, expired, not yet valid,
+/// unsigned; after a success the same command again is ignored silently, a lower
+/// sequence is a replay, an older model a downgrade.
+#[test]
+fn c_refusals_change_nothing() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-c", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let keys = &f.keys;
+    let base = w.rollout(&f.b, "b");
+    let refuse = |w: &World, payload: String, reason: &str| {
+        let mark = w.obs.mark();
+        w.broker.publish(&w.cmd_topic(), &payload, false);
+        let e = w.wait_reason(mark, "refused", reason);
+        assert!(e["detail"].as_str().is_some_and(|d| !d.is_empty()), "{e}");
+        w.assert_idle_on(&f.a.model_id, 0);
+    };
+    refuse(&w, device::signed(&base, &keys.rogue), "bad_signature");
+    refuse(&w, device::signed(&base, &keys.bundle), "wrong_key_role");
+    let mut other = base.clone();
+    other.fleet = "elsewhere".into();
+    refuse(&w, device::signed(&other, &keys.command), "other_fleet");
+    let mut elsewhere = base.clone();
+    elsewhere.target = Target::Devices {
+        devices: vec!["dev-zz".into()],
+    };
+    refuse(
+        &w,
+        device::signed(&elsewhere, &keys.command),
+        "not_targeted",
+    );
+    let mut expired = base.clone();
+    expired.not_before_ms = device::now_ms() - 120_000;
+    expired.not_after_ms = device::now_ms() - 60_000;
+    refuse(&w, device::signed(&expired, &keys.command), "expired");
+    let mut early = base.clone();
+    early.not_before_ms = device::now_ms() + 60_000;
+    early.not_after_ms = device::now_ms() + 120_000;
+    refuse(&w, device::signed(&early, &keys.command), "not_yet_valid");
+    refuse(&w, serde_json::to_string(&base).unwrap(), "unsigned");
+    refuse(&w, "{\"nonsense\": true}".into(), "unsigned");
+    refuse(&w, "not json".into(), "malformed");
+
+    // the fault gone: the same command, properly signed, converges
+    let mark = w.obs.mark();
+    w.send(&base);
+    w.obs.wait_event(mark, LIMIT, "health_passed", |e| {
+        kind(e) == "health_passed" && e["rollout_id"] == base.rollout_id.as_str()
+    });
+    let highest = base.sequence;
+    w.obs.wait_status(LIMIT, "idle on B", |s| {
+        s["state"] == "idle" && s["active"] == f.b.model_id.as_str()
+    });
+    w.assert_idle_on(&f.b.model_id, highest);
+
+    // the same command again: ignored without a word
+    let mark = w.obs.mark();
+    w.send(&base);
+    std::thread::sleep(Duration::from_millis(700));
+    let after = w.obs.events_since(mark);
+    assert!(after.is_empty(), "a duplicate made events: {after:?}");
+    w.assert_idle_on(&f.b.model_id, highest);
+    // a lower sequence: replay
+    let mut lower = w.rollout(&f.c, "c");
+    lower.sequence = highest - 1;
+    lower.rollout_id = "lower".into();
+    let mark = w.obs.mark();
+    w.send(&lower);
+    let e = w.wait_reason(mark, "refused", "replay");
+    assert_eq!(e["rollout_id"], "lower");
+    w.assert_idle_on(&f.b.model_id, highest);
+    // an older model: downgrade
+    let older = w.rollout(&f.old, "old");
+    let mark = w.obs.mark();
+    w.send(&older);
+    let e = w.wait_reason(mark, "refused", "downgrade");
+    assert_eq!(e["rollout_id"], older.rollout_id.as_str());
+    w.assert_idle_on(&f.b.model_id, highest);
+
+    // and a newer model still goes through
+    let (events, _, _) = w.roll_to(&f.c, "c");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    w.agent.assert_alive();
+    println!(
+        "c_refusals_change_nothing: {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// d. Bundle faults, each failed with its reason while A keeps serving: the command's
+/// manifest sha256 differs, a flipped byte in a file, a manifest signed by another key,
+/// golden outputs that the model does not reproduce (self-test). Then B converges.
+#[test]
+fn d_bundle_faults_keep_the_old_model() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-d", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let mut mismatch = w.rollout(&f.b, "b");
+    if let Action::Rollout {
+        manifest_sha256, ..
+    } = &mut mismatch.action
+    {
+        *manifest_sha256 = shared::bundle::sha256_hex(b"another manifest");
+    }
+    let cases = [
+        (mismatch, "manifest_sha256_mismatch"),
+        (w.rollout(&f.flipped, "flipped"), "file_sha256_mismatch"),
+        (w.rollout(&f.rogue, "rogue"), "bad_manifest_signature"),
+        (w.rollout(&f.bad_golden, "bad_golden"), "self_test_failed"),
+    ];
+    for (cmd, reason) in cases {
+        let mark = w.obs.mark();
+        w.send(&cmd);
+        let e = w.wait_reason(mark, "failed", reason);
+        assert_eq!(e["rollout_id"], cmd.rollout_id.as_str(), "{e}");
+        let st = w.obs.wait_status(LIMIT, "idle after the failure", |s| {
+            s["state"] == "idle" && s["last"]["rollout_id"] == cmd.rollout_id.as_str()
+        });
+        assert_eq!(st["last"]["result"], "failed", "{st:#}");
+        assert_eq!(st["last"]["reason"], reason, "{st:#}");
+        assert_eq!(st["active"], f.a.model_id.as_str(), "{st:#}");
+        let events: Vec<Value> = w
+            .obs
+            .events_since(mark)
+            .into_iter()
+            .map(|m| m.json)
+            .collect();
+        assert!(
+            !kinds(&events).iter().any(|k| k == "activated"),
+            "{events:#?}"
+        );
+        w.assert_idle_on(&f.a.model_id, cmd.sequence);
+        // nothing of the refused bundle stays on disk
+        let models: Vec<String> = std::fs::read_dir(w.dir.path().join("data/models"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(models, [f.a.model_id.as_str()], "{reason}");
+    }
+    let (events, _, _) = w.roll_to(&f.b, "b");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.b.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    w.agent.assert_alive();
+    println!(
+        "d_bundle_faults_keep_the_old_model: {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// The `resumed=N` of the agent log's last "bundle downloaded" line.
+fn resumed_bytes(log: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("bundle downloaded"))?;
+    let line = strip_ansi(line);
+    let v = line.split("resumed=").nth(1)?;
+    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// `s` without terminal colour sequences (ESC [ ... m).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_seq = false;
+    for c in s.chars() {
+        match (in_seq, c) {
+            (false, '\x1b') => in_seq = true,
+            (true, 'm') => in_seq = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// The rollout state file, as the agent wrote it last.
+fn state_file(w: &World) -> Value {
+    let p = w.dir.path().join("data/rollout.json");
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+impl World {
+    /// SIGKILL and a restart on the same data folder; the restarted agent serves a verified
+    /// model at once, the one its state names as active.
+    fn crash_and_restart(&mut self) {
+        self.agent.kill9();
+        let st = state_file(self);
+        self.agent = Agent::start(&self.agent.spec.clone());
+        let (code, model) = self.agent.predict();
+        assert_eq!(code, 200);
+        let model = model.unwrap();
+        assert!(verified().contains(&model), "{model} is not verified");
+        let r = self.agent.rollout();
+        if st["phase"]["phase"] != "rolling_back" {
+            assert_eq!(
+                st["active"]["model_id"].as_str(),
+                Some(model.as_str()),
+                "after a restart the agent serves the active model of its state {st:#}"
+            );
+        }
+        assert_eq!(r["serving"], model.as_str(), "{r:#}");
+    }
+
+    /// Waits until the agent is idle with `rollout_id` succeeded and `model` active.
+    fn wait_converged(&self, rollout_id: &str, model: &str) -> Value {
+        self.agent.wait_rollout(LIMIT, "converged", |r| {
+            r["state"] == "idle"
+                && r["last"]["rollout_id"] == rollout_id
+                && r["last"]["result"] == "succeeded"
+                && r["active"] == model
+                && r["serving"] == model
+        })
+    }
+}
+
+/// e. SIGKILL during a (slowed) download, then a restart on the same data folder: the
+/// download resumes and B activates. SIGKILL right after `activated` and during the
+/// health gate: the restarted agent serves the new model and its gate runs again.
+#[test]
+fn e_sigkill_during_download_swap_and_gate() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-e", &["--health-window-ms", "1500"]);
+    let rss_serving = (w.agent.proc_kb("VmRSS"), w.agent.proc_kb("VmHWM"));
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+
+    // 1. during the download: 100 kB per connection, then a stall
+    w.proxy.set(s3::Mode::Stall {
+        after: 100_000,
+        connections: 1_000_000,
+    });
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs.wait_event(mark, LIMIT, "download progress", |e| {
+        kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 150_000)
+    });
+    let rss_downloading = (w.agent.proc_kb("VmRSS"), w.agent.proc_kb("VmHWM"));
+    w.agent.kill9();
+    // the broker tells the world: the last will replaces the retained status
+    w.obs
+        .wait_status(LIMIT, "offline (last will)", |s| s["state"] == "offline");
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    assert_eq!(state_file(&w)["phase"]["phase"], "downloading");
+    w.proxy.set(s3::Mode::Pass);
+    w.wait_converged(&cmd.rollout_id, &f.b.model_id);
+    let resumed = resumed_bytes(&w.log());
+    assert!(
+        resumed.is_some_and(|r| r > 0),
+        "the download did not resume: {resumed:?}\n{}",
+        w.log()
+    );
+    w.assert_serving(&f.b.model_id);
+
+    // 2. right after `activated`
+    let cmd = w.rollout(&f.c, "c");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs
+        .wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    let r = w.agent.rollout();
+    assert_eq!(r["active"], f.c.model_id.as_str(), "{r:#}");
+    assert_eq!(r["previous"], f.b.model_id.as_str(), "{r:#}");
+    w.wait_converged(&cmd.rollout_id, &f.c.model_id);
+
+    // 3. in the middle of the health gate
+    let cmd = w.rollout(&f.x, "x");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs
+        .wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(w.agent.rollout()["state"], "health_gate");
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    assert_eq!(w.agent.rollout()["state"], "health_gate");
+    let mark = w.obs.mark();
+    w.wait_converged(&cmd.rollout_id, &f.x.model_id);
+    w.obs
+        .wait_event(mark, LIMIT, "health_passed after the restart", |e| {
+            kind(e) == "health_passed" && e["rollout_id"] == cmd.rollout_id.as_str()
+        });
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    // only the moments the agent was down failed
+    let ok = hits.iter().filter(|h| h.status == 200).count();
+    assert!(
+        hits.iter().all(|h| h.status == 200 || h.status == 0),
+        "an answer other than 200 or a refused connection"
+    );
+    w.agent.assert_alive();
+    println!(
+        "e_sigkill_during_download_swap_and_gate: {ok}/{} answers, download resumed from {} bytes, RSS serving {:?} kB (VmRSS, VmHWM), downloading {:?} kB, {:.1} s",
+        hits.len(),
+        resumed.unwrap_or(0),
+        rss_serving,
+        rss_downloading,
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// f. The broker is killed and a fresh one starts on the same port in the middle of a
+/// download: the agent reconnects, subscribes again, the rollout completes, and a
+/// command sent after the restart is obeyed.
+#[test]
+fn f_broker_restart_mid_download() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::with_config(
+        "dev-f",
+        &[],
+        "[mqtt]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\n",
+    );
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    w.proxy.set(s3::Mode::Stall {
+        after: 100_000,
+        connections: 1_000_000,
+    });
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs.wait_event(mark, LIMIT, "download progress", |e| {
+        kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 0)
+    });
+    w.broker.restart();
+    w.obs = Observer::start(&w.broker, "dev-f");
+    // the agent is back: its status is published again on the fresh broker
+    w.obs.wait_status(LIMIT, "online again", |s| {
+        s["online"] == true && s["broker_up"] == true
+    });
+    w.proxy.set(s3::Mode::Pass);
+    w.wait_converged(&cmd.rollout_id, &f.b.model_id);
+    w.obs.wait_status(LIMIT, "idle on B", |s| {
+        s["state"] == "idle" && s["active"] == f.b.model_id.as_str()
+    });
+    // subscribed again: a new command arrives, this time the fleet's retained rollout
+    let cmd = w.rollout(&f.c, "c");
+    let mark = w.obs.mark();
+    w.broker.publish(
+        &format!("fleet/{FLEET}/rollout"),
+        &device::signed(&cmd, &f.keys.command),
+        true,
+    );
+    w.obs.wait_event(mark, LIMIT, "health_passed", |e| {
+        kind(e) == "health_passed" && e["rollout_id"] == cmd.rollout_id.as_str()
+    });
+    w.wait_converged(&cmd.rollout_id, &f.c.model_id);
+    // a restart gets the retained command again: a duplicate, ignored without a word
+    w.crash_and_restart();
+    load.retarget(&w.agent.addr);
+    let mark = w.obs.mark();
+    w.obs
+        .wait_status(LIMIT, "online again", |s| s["online"] == true);
+    std::thread::sleep(Duration::from_millis(700));
+    let after = w.obs.events_since(mark);
+    assert!(
+        after.is_empty(),
+        "the retained command made events: {after:?}"
+    );
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200 || h.status == 0));
+    w.agent.assert_alive();
+    println!(
+        "f_broker_restart_mid_download: {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// e2. The two crash windows a random SIGKILL rarely hits, made exactly: the state on
+/// disk is the one a SIGKILL leaves there. (1) The bundle was renamed into models/ but
+/// the agent died before it wrote `loading` (state `verifying`, no staging folder);
+/// (2) the new model was swapped in but the agent died before it wrote `health_gate`
+/// (state `loading`, active still A). Both restart serving A and converge on B.
+#[test]
+fn e2_crash_windows_between_io_and_state_write() {
+    use edge_agent::rollout::machine::{Job, ModelRef, Phase};
+    use edge_agent::rollout::persist;
+    let f = fleet();
+    let t = Instant::now();
+    for (i, window) in ["verifying", "loading"].into_iter().enumerate() {
+        let mut w = World::new(&format!("dev-e2-{i}"), &[]);
+        let data = w.agent.spec.data_dir.clone();
+        w.agent.kill9();
+        let cmd = w.rollout(&f.b, "b");
+        let job = Job {
+            rollout_id: cmd.rollout_id.clone(),
+            sequence: cmd.sequence,
+            model_id: f.b.model_id.clone(),
+            bundle: location("b"),
+            manifest_sha256: f.b.manifest_sha256.clone(),
+            bundle_bytes: f.b.bytes,
+            model_created_ms: f.b.created_ms,
+            accepted_ms: device::now_ms(),
+            deadline_ms: device::now_ms() + 600_000,
+            attempts: 0,
+            retry_at_ms: None,
+        };
+        // what install leaves: the verified bundle under models/<id>, staging gone
+        common::copy_dir(&f.b.dir, &data.join("models").join(&f.b.model_id));
+        let mut st = persist::load(&data).unwrap().unwrap();
+        st.highest_sequence = cmd.sequence;
+        st.model_floor_ms = f.b.created_ms;
+        st.phase = match window {
+            "verifying" => Phase::Verifying { job },
+            _ => Phase::Loading {
+                job,
+                model: ModelRef {
+                    model_id: f.b.model_id.clone(),
+                    manifest_sha256: f.b.manifest_sha256.clone(),
+                    created_ms: f.b.created_ms,
+                },
+            },
+        };
+        persist::save(&data, &st).unwrap();
+        let mark = w.obs.mark();
+        w.agent = Agent::start(&w.agent.spec.clone());
+        assert_eq!(w.agent.predict().1.as_deref(), Some(f.a.model_id.as_str()));
+        w.wait_converged(&cmd.rollout_id, &f.b.model_id);
+        let events: Vec<Value> = w
+            .obs
+            .events_since(mark)
+            .into_iter()
+            .map(|m| m.json)
+            .collect();
+        assert_eq!(
+            kinds(&events).last().map(String::as_str),
+            Some("health_passed"),
+            "{window}: {events:#?}"
+        );
+        w.assert_serving(&f.b.model_id);
+        w.agent.assert_alive();
+    }
+    println!(
+        "e2_crash_windows_between_io_and_state_write: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// g. A loop of rollouts (EDGECP_ROLLOUT_LOOPS, default 10; the figure is 50),
+/// each SIGKILLed at a random moment and restarted: the agent serves a verified model
+/// every time, and converges on each target (the operator sends the same signed command
+/// again after a restart: a duplicate is ignored, a lost one is taken).
+#[test]
+fn g_random_sigkill_loop() {
+    use rand::{Rng, SeedableRng};
+    let f = fleet();
+    let t = Instant::now();
+    let n = env_usize("EDGECP_ROLLOUT_LOOPS", 10);
+    let seed = std::env::var("EDGECP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| device::now_ms() as u64);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut w = World::new("dev-g", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let mut phases: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..n {
+        let (target, name) = if i % 2 == 0 { (&f.x, "x") } else { (&f.y, "y") };
+        let cmd = w.rollout(target, name);
+        w.send(&cmd);
+        let delay = rng.random_range(0..650);
+        std::thread::sleep(Duration::from_millis(delay));
+        w.agent.kill9();
+        let phase = state_file(&w)["phase"]["phase"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let done = state_file(&w)["last"]["rollout_id"] == cmd.rollout_id.as_str();
+        *phases
+            .entry(if done { "done".into() } else { phase })
+            .or_default() += 1;
+        w.crash_and_restart();
+        load.retarget(&w.agent.addr);
+        w.send(&cmd);
+        w.wait_converged(&cmd.rollout_id, &target.model_id);
+    }
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200 || h.status == 0));
+    w.agent.assert_alive();
+    println!(
+        "g_random_sigkill_loop: {n} rollouts, seed {seed}, killed in {phases:?}, {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// h. Swaps under steady HTTP load (EDGECP_SWAPS, default 20; the figure is
+/// 100): no request fails; p99 latency in rollout windows (verified -> health_passed)
+/// against steady state.
+#[test]
+fn h_swaps_under_load() {
+    let f = fleet();
+    let t = Instant::now();
+    let n = env_usize("EDGECP_SWAPS", 20);
+    let mut w = World::new("dev-h", &["--health-window-ms", "0"]);
+    let load = Load::start(&w.agent.addr, 2, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut windows, mut swaps) = (Vec::new(), Vec::new());
+    let (mut to_act, mut to_ok) = (Vec::new(), Vec::new());
+    let mut rss = (0u64, 0u64);
+    for i in 0..n {
+        let (target, name) = if i % 2 == 0 { (&f.x, "x") } else { (&f.y, "y") };
+        let mark = w.obs.mark();
+        let (events, act, ok) = w.roll_to(target, name);
+        assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+        let at = |k: &str| {
+            w.obs
+                .events_since(mark)
+                .into_iter()
+                .find(|m| kind(&m.json) == k)
+                .map(|m| m.at)
+                .unwrap()
+        };
+        windows.push((at("received"), at("health_passed")));
+        let a = at("activated");
+        swaps.push((
+            a - Duration::from_millis(100),
+            a + Duration::from_millis(100),
+        ));
+        to_act.push(act.as_secs_f64() * 1e3);
+        to_ok.push(ok.as_secs_f64() * 1e3);
+        rss.0 = rss.0.max(w.agent.proc_kb("VmRSS").unwrap_or(0));
+        rss.1 = rss.1.max(w.agent.proc_kb("VmHWM").unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    let failed = hits.iter().filter(|h| h.status != 200).count();
+    assert_eq!(failed, 0, "requests failed during swaps");
+    let in_window = |h: &Hit| {
+        windows
+            .iter()
+            .any(|(a, b)| h.at + Duration::from_secs_f64(h.seconds) >= *a && h.at <= *b)
+    };
+    let near_swap = |h: &Hit| {
+        swaps
+            .iter()
+            .any(|(a, b)| h.at + Duration::from_secs_f64(h.seconds) >= *a && h.at <= *b)
+    };
+    let (mut swap, mut steady): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mut at_swap: Vec<f64> = Vec::new();
+    for h in &hits {
+        if near_swap(h) {
+            at_swap.push(h.seconds * 1e3);
+        }
+        if in_window(h) {
+            swap.push(h.seconds * 1e3);
+        } else {
+            steady.push(h.seconds * 1e3);
+        }
+    }
+    let n_at = at_swap.len();
+    let p99_at_swap = device::percentile(&mut at_swap, 99.0);
+    let (ns, nt) = (swap.len(), steady.len());
+    let p99_swap = device::percentile(&mut swap, 99.0);
+    let p99_steady = device::percentile(&mut steady, 99.0);
+    let p50_steady = device::percentile(&mut steady, 50.0);
+    w.agent.assert_alive();
+    println!(
+        "h_swaps_under_load: {n} swaps, {} requests, 0 failed; p99 within 100 ms of a swap {p99_at_swap:.2} ms ({n_at} requests), in rollout windows (received -> health_passed) {p99_swap:.2} ms ({ns} requests) vs steady {p99_steady:.2} ms ({nt} requests, p50 {p50_steady:.2} ms): ratio {:.2}; command->activated p50 {:.0} ms, command->health_passed p50 {:.0} ms; agent VmRSS max {} kB, VmHWM {} kB; {:.1} s",
+        hits.len(),
+        p99_swap / p99_steady,
+        median(&mut to_act),
+        median(&mut to_ok),
+        rss.0,
+        rss.1,
+        t.elapsed().as_secs_f64()
+    );
+}
+
+impl World {
+    /// A signed `rollback` command with the next sequence.
+    fn rollback_cmd(&mut self) -> Command {
+        let seq = self.next_seq();
+        let mut c = device::rollout(FLEET, seq, &fleet().a, &location("a"));
+        c.rollout_id = format!("rb{seq}");
+        c.action = Action::Rollback;
+        c
+    }
+}
+
+/// i. A newer command during a download supersedes it; one during the health gate waits
+/// (queued) and runs next; a signed rollback goes back to the previous model, also in
+/// the middle of a health gate; with no previous model it is refused.
+#[test]
+fn i_supersede_queue_and_rollback_commands() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-i", &["--health-window-ms", "1500"]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+
+    // superseded during its download
+    w.proxy.set(s3::Mode::Stall {
+        after: 100_000,
+        connections: 1_000_000,
+    });
+    let first = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&first);
+    w.obs.wait_event(mark, LIMIT, "download progress", |e| {
+        kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 0)
+    });
+    w.proxy.set(s3::Mode::Pass);
+    let second = w.rollout(&f.c, "c");
+    w.send(&second);
+    let e = w.wait_reason(mark, "canceled", "superseded");
+    assert_eq!(e["rollout_id"], first.rollout_id.as_str());
+    w.obs.wait_event(mark, LIMIT, "activated", |e| {
+        kind(e) == "activated" && e["rollout_id"] == second.rollout_id.as_str()
+    });
+    // queued behind the health gate
+    let third = w.rollout(&f.x, "x");
+    w.send(&third);
+    let q = w
+        .obs
+        .wait_event(mark, LIMIT, "queued", |e| kind(e) == "queued")
+        .json;
+    assert_eq!(q["rollout_id"], third.rollout_id.as_str(), "{q}");
+    assert_eq!(q["behind"], second.rollout_id.as_str(), "{q}");
+    assert_eq!(w.agent.rollout()["pending"], third.rollout_id.as_str());
+    w.wait_converged(&third.rollout_id, &f.x.model_id);
+    let events: Vec<Value> = w
+        .obs
+        .events_since(mark)
+        .into_iter()
+        .map(|m| m.json)
+        .collect();
+    let order: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| ["health_passed", "received"].contains(&kind(e)))
+        .map(|e| {
+            (
+                kind(e).to_string(),
+                e["rollout_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let pos = |k: &str, id: &str| {
+        order
+            .iter()
+            .position(|(a, b)| a == k && b == id)
+            .unwrap_or_else(|| panic!("no {k} of {id}: {events:#?}"))
+    };
+    assert!(pos("health_passed", &second.rollout_id) < pos("received", &third.rollout_id));
+    assert!(
+        !events
+            .iter()
+            .any(|e| kind(e) == "activated" && e["rollout_id"] == first.rollout_id.as_str()),
+        "the superseded rollout activated"
+    );
+    assert_eq!(w.agent.rollout()["previous"], f.c.model_id.as_str());
+
+    // a rollback while idle: back to C; a second one has nowhere to go
+    let rb = w.rollback_cmd();
+    let mark = w.obs.mark();
+    w.send(&rb);
+    let e = w
+        .obs
+        .wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back")
+        .json;
+    assert_eq!(e["to_model_id"], f.c.model_id.as_str(), "{e}");
+    assert_eq!(e["reason"], "commanded", "{e}");
+    w.agent.wait_rollout(LIMIT, "idle on C", |r| {
+        r["state"] == "idle" && r["active"] == f.c.model_id.as_str() && r["previous"].is_null()
+    });
+    w.assert_serving(&f.c.model_id);
+    let rb = w.rollback_cmd();
+    let mark = w.obs.mark();
+    w.send(&rb);
+    w.wait_reason(mark, "refused", "no_previous");
+    w.assert_serving(&f.c.model_id);
+
+    // a rollback in the middle of a health gate acts at once
+    let fourth = w.rollout(&f.y, "y");
+    let mark = w.obs.mark();
+    w.send(&fourth);
+    w.obs
+        .wait_event(mark, LIMIT, "activated", |e| kind(e) == "activated");
+    let rb = w.rollback_cmd();
+    w.send(&rb);
+    let e = w.wait_reason(mark, "canceled", "commanded");
+    assert_eq!(e["rollout_id"], fourth.rollout_id.as_str());
+    let e = w
+        .obs
+        .wait_event(mark, LIMIT, "rolled_back", |e| kind(e) == "rolled_back")
+        .json;
+    assert_eq!(e["to_model_id"], f.c.model_id.as_str(), "{e}");
+    w.agent.wait_rollout(LIMIT, "idle on C", |r| {
+        r["state"] == "idle" && r["active"] == f.c.model_id.as_str()
+    });
+    w.assert_serving(&f.c.model_id);
+    let hits = load.stop();
+    device::assert_verified(&hits, &verified());
+    assert!(hits.iter().all(|h| h.status == 200), "a request failed");
+    w.agent.assert_alive();
+
+    // SIGTERM: a clean stop that says so on the retained status
+    let pid = w.agent.pid() as i32;
+    // SAFETY: kill(2) on our own child's pid
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = w.agent.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    w.obs
+        .wait_status(LIMIT, "offline after SIGTERM", |s| s["state"] == "offline");
+    println!(
+        "i_supersede_queue_and_rollback_commands: {} answers, SIGTERM exit in {:.0} ms, {:.1} s",
+        hits.len(),
+        t0.elapsed().as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64()
+    );
+}
