@@ -1265,3 +1265,104 @@ fn i_supersede_queue_and_rollback_commands() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// The `trainer` binary beside this test's (`cargo build --workspace --bins` first, as
+/// scripts/test.sh does).
+fn trainer_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("trainer");
+    assert!(
+        bin.is_file(),
+        "no trainer binary at {}: build it first (cargo build -p trainer; scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// j. The cloud side as a user runs it: `trainer rollout` reads the bundle's manifest from
+/// the store, signs with a command key, publishes, follows the device's events and exits
+/// 0 with the device's outcome; `--rollback` goes back; a command signed with the bundle
+/// key is refused by the device and the CLI exits non-zero naming the reason.
+#[test]
+fn j_trainer_rollout_cli() {
+    let f = fleet();
+    let mut w = World::new("dev-j", &[]);
+    let keydir = w.dir.path().join("cli-keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let command_key = keydir.join("command.key");
+    let bundle_key = keydir.join("bundle.key");
+    std::fs::write(
+        &command_key,
+        shared::bundle::keys::private_pem(&f.keys.command),
+    )
+    .unwrap();
+    std::fs::write(
+        &bundle_key,
+        shared::bundle::keys::private_pem(&f.keys.bundle),
+    )
+    .unwrap();
+    let cli = |args: &[&str], key: &Path| {
+        let out = std::process::Command::new(trainer_bin())
+            .args(["rollout", "--fleet", FLEET, "--device", "dev-j", "--json"])
+            .args(["--broker", &w.broker.url(), "--timeout", "30"])
+            .arg("--key")
+            .arg(key)
+            .args(args)
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", w.proxy.port),
+            )
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", s3::KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<Value> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (
+            out.status.success(),
+            lines,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let b = location("b");
+    let t0 = Instant::now();
+    let (ok, lines, err) = cli(&["--model", &f.b.model_id, "--bundle", &b], &command_key);
+    assert!(ok, "trainer rollout failed: {lines:?}\n{err}");
+    assert_eq!(lines[0]["device_id"], "dev-j", "{lines:?}");
+    assert_eq!(lines[0]["result"], "succeeded", "{lines:?}");
+    println!(
+        "j_trainer_rollout_cli: trainer rollout to health_passed in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    w.assert_serving(&f.b.model_id);
+
+    let (ok, lines, err) = cli(&["--rollback"], &command_key);
+    assert!(ok, "trainer rollout --rollback failed: {lines:?}\n{err}");
+    assert_eq!(lines[0]["result"], "succeeded", "{lines:?}");
+    w.assert_serving(&f.a.model_id);
+
+    // the bundle key is not a command key: the device says so, the CLI fails with it
+    let c = location("c");
+    let (ok, lines, _) = cli(&["--model", &f.c.model_id, "--bundle", &c], &bundle_key);
+    assert!(!ok);
+    assert_eq!(lines[0]["result"], "refused", "{lines:?}");
+    assert_eq!(lines[0]["reason"], "wrong_key_role", "{lines:?}");
+    w.assert_serving(&f.a.model_id);
+    // a model the store does not hold: the CLI says which object, nothing is sent
+    let (ok, _, err) = cli(
+        &["--model", "nope", "--bundle", &location("nope")],
+        &command_key,
+    );
+    assert!(!ok);
+    assert!(err.contains("manifest.json"), "{err}");
+    w.agent.assert_alive();
+}
