@@ -99,19 +99,24 @@ fn apply_report(src: &mut RunSource, bytes: &[u8], origin: &str) -> Result<()> {
                 src.metrics.entry(k.to_string()).or_insert(v);
             }
         }
-        for r in &e.validity {
-            for (what, v) in [
-                ("error_rate", Some(r.error_rate)),
-                ("empty", r.empty),
-                ("mean_set_size", r.mean_set_size),
-            ] {
-                if let Some(v) = v.filter(|v| v.is_finite()) {
-                    src.metrics.insert(validation_key(what, r.epsilon), v);
-                }
+        validation_metrics(&e.validity, &mut src.metrics);
+    }
+    Ok(())
+}
+
+/// The run's validation figures per epsilon as manifest metrics ([`validation_key`]).
+fn validation_metrics(rows: &[ValidityView], metrics: &mut BTreeMap<String, f64>) {
+    for r in rows {
+        for (what, v) in [
+            ("error_rate", Some(r.error_rate)),
+            ("empty", r.empty),
+            ("mean_set_size", r.mean_set_size),
+        ] {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                metrics.insert(validation_key(what, r.epsilon), v);
             }
         }
     }
-    Ok(())
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -242,4 +247,28 @@ fn open_registry_run(run: &str, registry_url: &str) -> Result<RunSource> {
 pub fn local_dir(run: &str) -> Option<PathBuf> {
     let p = Path::new(run);
     p.is_dir().then(|| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reports_validation_rows_become_the_manifest_keys_the_agent_reads() {
+        let report: ReportView = serde_json::from_str(
+            r#"{"evaluation": {"validity": [
+                {"epsilon": 0.05, "error_rate": 0.04, "empty": 0.01, "mean_set_size": 1.02, "singleton": 0.9},
+                {"epsilon": 0.1, "error_rate": 0.09}
+            ]}}"#,
+        )
+        .unwrap();
+        let mut m = BTreeMap::new();
+        validation_metrics(&report.evaluation.unwrap().validity, &mut m);
+        assert_eq!(m.get("validation_empty_eps050"), Some(&0.01));
+        assert_eq!(m.get("validation_mean_set_size_eps050"), Some(&1.02));
+        assert_eq!(m.get("validation_error_rate_eps100"), Some(&0.09));
+        // an older report without the set figures gives none of them
+        assert!(!m.contains_key("validation_empty_eps100"));
+        assert_eq!(m.len(), 4);
+    }
 }
