@@ -386,6 +386,19 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, BundleError> {
     }
     let manifest: Manifest =
         serde_json::from_value(value.clone()).map_err(|e| bad(format!("bad manifest: {e}")))?;
+    // a number beyond f32's range reads as infinity, which JSON cannot hold (serde_json
+    // writes null): such a manifest would not read back once written
+    let input = &manifest.input;
+    for (field, v) in [
+        ("input.value_range[0]", input.value_range[0]),
+        ("input.value_range[1]", input.value_range[1]),
+        ("input.normalization.scale", input.normalization.scale),
+        ("input.normalization.offset", input.normalization.offset),
+    ] {
+        if !v.is_finite() {
+            return Err(bad(format!("{field} is beyond the range of a 32-bit float")));
+        }
+    }
     let known = serde_json::to_value(&manifest).map_err(|e| bad(e.to_string()))?;
     if let Some(field) = unknown_key(&value, &known, "") {
         return Err(bad(format!(
