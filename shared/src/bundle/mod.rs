@@ -396,7 +396,9 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, BundleError> {
         ("input.normalization.offset", input.normalization.offset),
     ] {
         if !v.is_finite() {
-            return Err(bad(format!("{field} is beyond the range of a 32-bit float")));
+            return Err(bad(format!(
+                "{field} is beyond the range of a 32-bit float"
+            )));
         }
     }
     let known = serde_json::to_value(&manifest).map_err(|e| bad(e.to_string()))?;

@@ -607,3 +607,20 @@ fn manifest_from_bytes_checks_what_it_can_without_the_files() {
         Err(BundleError::TooLarge { .. })
     ));
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/manifest.rs): a number beyond f32's range read as
+/// infinity, which a manifest written back cannot hold.
+#[test]
+fn manifest_numbers_beyond_f32_are_refused_by_field() {
+    let m = sample_manifest(vec![]);
+    let mut v = serde_json::to_value(&m).unwrap();
+    v["input"]["value_range"][1] = serde_json::json!(1e39);
+    let e = manifest_from_bytes(&serde_json::to_vec(&v).unwrap(), Path::new(MANIFEST_FILE))
+        .unwrap_err();
+    assert!(e.to_string().contains("input.value_range[1]"), "{e}");
+    let mut v = serde_json::to_value(&m).unwrap();
+    v["input"]["normalization"]["scale"] = serde_json::json!(-3.5e38);
+    let e = manifest_from_bytes(&serde_json::to_vec(&v).unwrap(), Path::new(MANIFEST_FILE))
+        .unwrap_err();
+    assert!(e.to_string().contains("normalization.scale"), "{e}");
+}
