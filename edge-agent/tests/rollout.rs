@@ -144,8 +144,9 @@ fn verified() -> BTreeSet<String> {
 
 /// One device and its world: S3 behind a proxy, a broker, an observer, the agent.
 struct World {
-    // field order is drop order: the agent goes first
+    // field order is drop order: the agent goes first, then a file system mounted for it
     agent: Agent,
+    mount: Option<device::Tmpfs>,
     obs: Observer,
     broker: Broker,
     proxy: s3::Proxy,
@@ -166,8 +167,23 @@ impl World {
     }
 
     fn with_config(device: &str, extra: &[&str], more_config: &str) -> World {
+        World::build(device, extra, "", more_config, |_| None)
+    }
+
+    /// A world whose config has `download` lines in its `[download]` section and
+    /// `more_config` after the rest; `setup` prepares the (not yet existing) data folder
+    /// before the agent starts, and may mount a file system there (unmounted after the
+    /// agent is gone).
+    fn build(
+        device: &str,
+        extra: &[&str],
+        download: &str,
+        more_config: &str,
+        setup: impl FnOnce(&Path) -> Option<device::Tmpfs>,
+    ) -> World {
         let f = fleet();
         let dir = tempfile::tempdir().unwrap();
+        let mount = setup(&dir.path().join("data"));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -197,6 +213,7 @@ impl World {
             cfg += &format!("{k} = {v:?}\n");
         }
         cfg += "[download]\nstall_timeout_ms = 1500\n";
+        cfg += download;
         cfg += "[health]\np99_slack_ms = 2000.0\nmin_answers_for_sets = 10\n";
         cfg += more_config;
         let config = dir.path().join("agent.toml");
@@ -229,6 +246,7 @@ impl World {
         let agent = Agent::start(&spec);
         let w = World {
             agent,
+            mount,
             obs,
             broker,
             proxy,
@@ -1365,4 +1383,523 @@ fn j_trainer_rollout_cli() {
     assert!(!ok);
     assert!(err.contains("manifest.json"), "{err}");
     w.agent.assert_alive();
+}
+
+// ---------------------------------------------------------------------------------------
+// k. Store and disk faults through the real agent process (tests/download.rs has them
+// against the download library alone). Each runs under a steady HTTP load: every answer
+// comes from a verified model and none fails; the agent does not crash; the fault is
+// reported with its reason; the agent converges once the fault is gone.
+
+/// The numeric `field=N` of the agent log's last line that contains `marker`.
+fn log_number(log: &str, marker: &str, field: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains(marker))?;
+    let line = strip_ansi(line);
+    let v = line.split(&format!("{field}=")).nth(1)?;
+    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+impl World {
+    /// The events of `rollout_id` since `mark`.
+    fn events_of(&self, mark: usize, rollout_id: &str) -> Vec<Value> {
+        self.obs
+            .events_since(mark)
+            .into_iter()
+            .map(|m| m.json)
+            .filter(|e| e["rollout_id"] == rollout_id)
+            .collect()
+    }
+
+    /// Sends `cmd` and waits until it converged on `model` (event and `/v1/rollout`).
+    fn send_and_converge(&self, cmd: &Command, model: &str) {
+        let mark = self.obs.mark();
+        self.send(cmd);
+        self.obs.wait_event(mark, LIMIT, "health_passed", |e| {
+            kind(e) == "health_passed" && e["rollout_id"] == cmd.rollout_id.as_str()
+        });
+        self.wait_converged(&cmd.rollout_id, model);
+        self.assert_serving(model);
+    }
+
+    /// The names in `<data>/models`, sorted.
+    fn models_dir(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.agent.spec.data_dir.join("models"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every file under `<data>/models` (relative paths).
+    fn model_files(&self) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        let root = self.agent.spec.data_dir.join("models");
+        let mut out = Vec::new();
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// The load's answers: all verified, none failed.
+fn assert_clean(hits: &[Hit], test: &str) {
+    device::assert_verified(hits, &verified());
+    let failed: Vec<&Hit> = hits.iter().filter(|h| h.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{test}: {} of {} requests failed: {:?}",
+        failed.len(),
+        hits.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(!hits.is_empty(), "{test}: no answers");
+}
+
+/// k1. The store answers 500 to the next requests of a rollout: the download retries each
+/// (within `[download] retries`, 2 here), then gives the attempt up with `retrying`
+/// {reason: store} naming the 500; the next attempt gets through and B converges.
+#[test]
+fn k_store_500s() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::build("dev-k1", &[], "retries = 2\n", "", |_| None);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    w.proxy.set(s3::Mode::Error500 { requests: 4 });
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let retry = w.wait_reason(mark, "retrying", "store");
+    assert_eq!(retry["rollout_id"], cmd.rollout_id.as_str(), "{retry}");
+    assert_eq!(retry["attempt"], 1, "{retry}");
+    let detail = retry["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("500") && detail.contains("manifest.json"),
+        "the retry names the store failure: {retry}"
+    );
+    // the retry is in the state: GET /v1/rollout shows it while it waits (or it is done)
+    w.send_and_converge(&cmd, &f.b.model_id);
+    assert_eq!(w.proxy.stats(|s| s.errors_500), 4);
+    let events = w.events_of(mark, &cmd.rollout_id);
+    let k = folded(&events);
+    assert_eq!(k.first().map(String::as_str), Some("received"), "{k:?}");
+    assert!(k.contains(&"retrying".to_string()), "{k:?}");
+    assert!(!k.contains(&"failed".to_string()), "{k:?}");
+    assert_eq!(k.last().map(String::as_str), Some("health_passed"), "{k:?}");
+    let hits = load.stop();
+    assert_clean(&hits, "k_store_500s");
+    device::assert_order(&hits, &[&f.a.model_id, &f.b.model_id]);
+    w.agent.assert_alive();
+    println!(
+        "k_store_500s: 4 injected 500s, retrying{{store}} after 3 ({detail}), converged; {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// k2. Every connection is cut after 200 kB mid-file: each ranged GET keeps what arrived
+/// and the next one resumes from there; the rollout completes with no more than 1.2x the
+/// bundle fetched in all (the agent's `bundle downloaded` log line).
+#[test]
+fn k_connection_cut_resumes() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-k2", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    w.proxy.set(s3::Mode::CutAfter(200_000));
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send_and_converge(&cmd, &f.b.model_id);
+    let cuts = w.proxy.stats(|s| s.cut);
+    w.proxy.set(s3::Mode::Pass);
+    // the model files (757 kB each) are larger than a connection's 200 kB: cut mid-file
+    assert!(cuts >= 6, "only {cuts} connections were cut");
+    let log = w.log();
+    let fetched = log_number(&log, "bundle downloaded", "fetched")
+        .unwrap_or_else(|| panic!("no `bundle downloaded ... fetched=` in the log:\n{log}"));
+    let bytes = log_number(&log, "bundle downloaded", "bytes").unwrap();
+    assert_eq!(bytes, f.b.bytes);
+    assert!(
+        fetched as f64 <= 1.2 * f.b.bytes as f64,
+        "fetched {fetched} bytes for a bundle of {}",
+        f.b.bytes
+    );
+    assert!(fetched >= f.b.bytes - 64 - 4096, "fetched {fetched}");
+    // transparent: each cut brought bytes, so no attempt was given up
+    let events = w.events_of(mark, &cmd.rollout_id);
+    assert_eq!(
+        folded(&events),
+        [
+            "received",
+            "downloading",
+            "verified",
+            "activated",
+            "health_passed"
+        ],
+        "{events:#?}"
+    );
+    let retries = log.matches("download request failed, retrying").count();
+    assert!(retries >= cuts as usize - 1, "{retries} retries logged");
+    let hits = load.stop();
+    assert_clean(&hits, "k_connection_cut_resumes");
+    w.agent.assert_alive();
+    println!(
+        "k_connection_cut_resumes: {cuts} connections cut at 200 kB, {retries} transparent retries (logged with the cause), fetched {fetched} bytes for a {} byte bundle ({:.3}x); {} answers, {:.1} s",
+        f.b.bytes,
+        fetched as f64 / f.b.bytes as f64,
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// k3. Stalls. (1) The manifest's connection stalls before a byte, twice: each is given
+/// up after the stall timeout (1.5 s here), and with `retries = 1` the attempt ends with
+/// `retrying`{reason: stalled}; the next one gets through and B converges. (2) A
+/// connection stalls mid-file after 150 kB: the download notices within two stall
+/// windows (a window that brought bytes is not a stall), resumes, and C converges.
+#[test]
+fn k_stall() {
+    let f = fleet();
+    let t = Instant::now();
+    let stall = Duration::from_millis(1500);
+    let mut w = World::build("dev-k3", &[], "retries = 1\n", "", |_| None);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+
+    // 1. before the first byte
+    w.proxy.set(s3::Mode::Stall {
+        after: 0,
+        connections: 2,
+    });
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let retry = w.wait_reason(mark, "retrying", "stalled");
+    assert_eq!(retry["rollout_id"], cmd.rollout_id.as_str(), "{retry}");
+    let r = w.agent.rollout();
+    assert_eq!(r["state"], "downloading", "{r:#}");
+    w.send_and_converge(&cmd, &f.b.model_id);
+    let held = w.proxy.stats(|s| s.stall_held.clone());
+    assert_eq!(held.len(), 2, "{held:?}");
+    for h in &held {
+        assert!(
+            *h >= stall.mul_f64(0.8) && *h <= stall + Duration::from_millis(1000),
+            "a silent connection was given up after {h:?}; the stall timeout is {stall:?}"
+        );
+    }
+
+    // 2. in the middle of a file
+    w.proxy.set(s3::Mode::Stall {
+        after: 150_000,
+        connections: 1_000_000,
+    });
+    let cmd = w.rollout(&f.c, "c");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let t0 = Instant::now();
+    while w.proxy.stats(|s| s.stalled) < 3 {
+        assert!(t0.elapsed() < LIMIT, "no connection stalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // the manifest and the signature passed (under 150 kB); the first file's GET stalls
+    w.proxy.set(s3::Mode::Pass);
+    w.obs.wait_event(mark, LIMIT, "health_passed", |e| {
+        kind(e) == "health_passed" && e["rollout_id"] == cmd.rollout_id.as_str()
+    });
+    w.wait_converged(&cmd.rollout_id, &f.c.model_id);
+    w.assert_serving(&f.c.model_id);
+    let held2: Vec<Duration> = w.proxy.stats(|s| s.stall_held[held.len()..].to_vec());
+    assert!(!held2.is_empty(), "the mid-file stall was never given up");
+    for h in &held2 {
+        assert!(
+            *h <= stall * 2 + Duration::from_millis(1000),
+            "a stalled connection was given up after {h:?}; the stall timeout is {stall:?}"
+        );
+    }
+    let events = w.events_of(mark, &cmd.rollout_id);
+    assert!(!kinds(&events).iter().any(|k| k == "failed"), "{events:#?}");
+    let hits = load.stop();
+    assert_clean(&hits, "k_stall");
+    w.agent.assert_alive();
+    println!(
+        "k_stall: stall timeout {stall:?}; silent connections given up after {held:?} (retrying{{stalled}} after two), mid-file stalls after {held2:?}; {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// k4. The store holds a model file shorter than the manifest lists: `failed`{truncated}
+/// before any of it is written; A keeps serving, nothing stays on disk; a new rollout of
+/// the intact B converges.
+#[test]
+fn k_truncated_object() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-k4", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let bucket = w._s3.bucket(BUCKET);
+    s3::upload_dir(&f.b.dir, &bucket, "models/trunc");
+    let onnx = bucket.join("models/trunc/model.onnx");
+    let full = std::fs::metadata(&onnx).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&onnx)
+        .unwrap()
+        .set_len(full / 2)
+        .unwrap();
+    let cmd = w.rollout(&f.b, "trunc");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let e = w.wait_reason(mark, "failed", "truncated");
+    assert_eq!(e["rollout_id"], cmd.rollout_id.as_str(), "{e}");
+    let detail = e["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("model.onnx") && detail.contains(&(full / 2).to_string()),
+        "{e}"
+    );
+    let r = w.agent.wait_rollout(LIMIT, "idle after the failure", |r| {
+        r["state"] == "idle" && r["last"]["rollout_id"] == cmd.rollout_id.as_str()
+    });
+    assert_eq!(r["last"]["result"], "failed", "{r:#}");
+    assert_eq!(r["last"]["reason"], "truncated", "{r:#}");
+    w.assert_idle_on(&f.a.model_id, cmd.sequence);
+    assert_eq!(w.models_dir(), [f.a.model_id.as_str()]);
+    assert!(
+        !kinds(&w.events_of(mark, &cmd.rollout_id))
+            .iter()
+            .any(|k| k == "retrying" || k == "activated"),
+        "a truncated object is final"
+    );
+    // the intact bundle, a new rollout id
+    let (events, _, _) = w.roll_to(&f.b, "b");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.b.model_id);
+    let hits = load.stop();
+    assert_clean(&hits, "k_truncated_object");
+    device::assert_order(&hits, &[&f.a.model_id, &f.b.model_id]);
+    w.agent.assert_alive();
+    println!(
+        "k_truncated_object: failed{{truncated}}: {detail}; then B converged; {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// k5. `[download] free_disk_reserve_bytes` larger than the disk's free space: the
+/// download stops after the manifest and signature, before any file byte is asked for,
+/// with `retrying`{reason: disk_insufficient} (a disk may be freed: the rollout stays and
+/// retries); A keeps serving. A restart with a sane reserve on the same data folder takes
+/// the rollout up again and it converges.
+#[test]
+fn k_disk_too_small() {
+    let f = fleet();
+    let t = Instant::now();
+    let free = device::free_bytes(&std::env::temp_dir());
+    let reserve = free.saturating_mul(2).max(1 << 40);
+    let mut w = World::build(
+        "dev-k5",
+        &[],
+        &format!("free_disk_reserve_bytes = {reserve}\n"),
+        "",
+        |_| None,
+    );
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let e = w.wait_reason(mark, "retrying", "disk_insufficient");
+    assert_eq!(e["rollout_id"], cmd.rollout_id.as_str(), "{e}");
+    let detail = e["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains(&reserve.to_string()), "{e}");
+    // nothing but the manifest and its signature was asked for, or written
+    let asked = w.proxy.requested();
+    assert!(
+        asked
+            .iter()
+            .all(|k| k.ends_with("/manifest.json") || k.ends_with("/manifest.sig")),
+        "{asked:?}"
+    );
+    let events = w.events_of(mark, &cmd.rollout_id);
+    assert!(
+        events
+            .iter()
+            .all(|e| kind(e) != "downloading" || e["bytes"].as_u64().unwrap_or(0) <= 4096),
+        "file bytes were downloaded: {events:#?}"
+    );
+    let files = w.model_files();
+    let staged: Vec<&String> = files.iter().filter(|p| p.starts_with(".staging")).collect();
+    assert!(
+        staged
+            .iter()
+            .all(|p| p.ends_with("/manifest.json") || p.ends_with("/manifest.sig")),
+        "{files:?}"
+    );
+    assert_eq!(w.agent.rollout()["state"], "downloading");
+    w.assert_serving(&f.a.model_id);
+    let hits1 = load.stop();
+
+    // a sane reserve, the same data folder: the rollout in the state resumes
+    let cfg = std::fs::read_to_string(&w.agent.spec.config).unwrap();
+    let sane = cfg.replace(
+        &format!("free_disk_reserve_bytes = {reserve}\n"),
+        "free_disk_reserve_bytes = 1048576\n",
+    );
+    assert_ne!(cfg, sane);
+    std::fs::write(&w.agent.spec.config, sane).unwrap();
+    w.agent.restart();
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    w.wait_converged(&cmd.rollout_id, &f.b.model_id);
+    // sent again (as an operator would): a duplicate, ignored
+    let mark2 = w.obs.mark();
+    w.send(&cmd);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(w.obs.events_since(mark2).is_empty());
+    w.assert_serving(&f.b.model_id);
+    let hits2 = load.stop();
+    assert_clean(&hits1, "k_disk_too_small");
+    assert_clean(&hits2, "k_disk_too_small");
+    w.agent.assert_alive();
+    println!(
+        "k_disk_too_small: retrying{{disk_insufficient}}: {detail}; only the manifest and signature asked for; after a restart with a sane reserve it converged; {} answers, {:.1} s",
+        hits1.len() + hits2.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// k6. The data folder is a 4 MiB tmpfs (room for the factory model and one more) and
+/// the reserve 0: the pre-check passes, then the test fills the disk while the download
+/// stalls. The next write fails on ENOSPC: `retrying`{reason: disk_full}, the partial file
+/// is removed, A keeps serving. With the space freed, a new rollout converges.
+#[test]
+fn k_disk_fills_during_download() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut mount_error = None;
+    let mut w = World::build("dev-k6", &[], "free_disk_reserve_bytes = 0\n", "", |data| {
+        match device::Tmpfs::mount(data, 4 << 20) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                mount_error = Some(e);
+                None
+            }
+        }
+    });
+    if let Some(e) = mount_error {
+        // only where mounting is not permitted (not root, or no CAP_SYS_ADMIN)
+        println!("k_disk_fills_during_download: SKIPPED, cannot mount a tmpfs: {e}");
+        return;
+    }
+    let data = w.agent.spec.data_dir.clone();
+    assert!(w.mount.is_some());
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let free0 = device::free_bytes(&data);
+    assert!(
+        free0 > f.b.bytes,
+        "{free0} bytes free, the bundle is {}",
+        f.b.bytes
+    );
+    w.proxy.set(s3::Mode::Stall {
+        after: 150_000,
+        connections: 1_000_000,
+    });
+    let cmd = w.rollout(&f.b, "b");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    w.obs.wait_event(mark, LIMIT, "download progress", |e| {
+        kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 100_000)
+    });
+    // fill the disk
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 4096];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+    }
+    assert!(device::free_bytes(&data) < 8192);
+    w.proxy.set(s3::Mode::Pass);
+    let e = w.wait_reason(mark, "retrying", "disk_full");
+    assert_eq!(e["rollout_id"], cmd.rollout_id.as_str(), "{e}");
+    let detail = e["detail"].as_str().unwrap().to_string();
+    // A serves; nothing half-written: no partial file, no model folder of B
+    w.assert_serving(&f.a.model_id);
+    let files = w.model_files();
+    assert!(!files.iter().any(|p| p.ends_with(".part")), "{files:?}");
+    assert!(
+        !w.models_dir().contains(&f.b.model_id),
+        "{:?}",
+        w.models_dir()
+    );
+    w.agent.assert_alive();
+    // the space back, a new rollout (the old one is superseded)
+    std::fs::remove_file(&filler).unwrap();
+    let cmd2 = w.rollout(&f.b, "b");
+    w.send_and_converge(&cmd2, &f.b.model_id);
+    let mut want = vec![f.a.model_id.clone(), f.b.model_id.clone()];
+    want.sort();
+    assert_eq!(w.models_dir(), want, "staging left behind");
+    let hits = load.stop();
+    assert_clean(&hits, "k_disk_fills_during_download");
+    device::assert_order(&hits, &[&f.a.model_id, &f.b.model_id]);
+    w.agent.assert_alive();
+    println!(
+        "k_disk_fills_during_download: 4 MiB tmpfs, {free0} bytes free before; retrying{{disk_full}}: {detail}; no partial file left; converged after freeing; {} answers, {:.1} s",
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// k7. A bundle whose manifest is signed by the command key: `failed`{wrong_key_role}
+/// (the agent reads the manifest again to tell it from a bad signature); A keeps
+/// serving; B converges.
+#[test]
+fn k_wrong_key_role_bundle() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::new("dev-k7", &[]);
+    let load = Load::start(&w.agent.addr, 1, Duration::from_millis(10));
+    let wrong = device::derive(&f.b, w.dir.path(), "wrongrole", &f.keys.command, |m, _| {
+        m.model_id = format!("wrongrole-{}", &m.model_id[m.model_id.len() - 8..]);
+    });
+    let bucket = w._s3.bucket(BUCKET);
+    s3::upload_dir(&wrong.dir, &bucket, "models/wrongrole");
+    let cmd = w.rollout(&wrong, "wrongrole");
+    let mark = w.obs.mark();
+    w.send(&cmd);
+    let e = w.wait_reason(mark, "failed", "wrong_key_role");
+    assert_eq!(e["rollout_id"], cmd.rollout_id.as_str(), "{e}");
+    let r = w.agent.wait_rollout(LIMIT, "idle after the failure", |r| {
+        r["state"] == "idle" && r["last"]["rollout_id"] == cmd.rollout_id.as_str()
+    });
+    assert_eq!(r["last"]["reason"], "wrong_key_role", "{r:#}");
+    w.assert_idle_on(&f.a.model_id, cmd.sequence);
+    assert_eq!(w.models_dir(), [f.a.model_id.as_str()]);
+    // the same bundle signed by the bundle key converges
+    let (events, _, _) = w.roll_to(&f.b, "b");
+    assert_eq!(kinds(&events).last().unwrap(), "health_passed");
+    w.assert_serving(&f.b.model_id);
+    let hits = load.stop();
+    assert_clean(&hits, "k_wrong_key_role_bundle");
+    w.agent.assert_alive();
+    println!(
+        "k_wrong_key_role_bundle: failed{{wrong_key_role}}: {}; then B converged; {} answers, {:.1} s",
+        e["detail"],
+        hits.len(),
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -124,6 +124,9 @@ pub struct Stats {
     pub requests: Vec<String>,
     pub cut: u32,
     pub stalled: u32,
+    /// For each stalled connection that ended: how long it was held silent before the
+    /// client gave it up (the client's stall detection time).
+    pub stall_held: Vec<Duration>,
     pub errors_500: u32,
     pub resets: u32,
 }
@@ -285,7 +288,13 @@ async fn serve(mut client: TcpStream, upstream: u16, state: Arc<Mutex<State>>) {
                 Mode::Stall { .. } => {
                     state.lock().unwrap().stats.stalled += 1;
                     // keep the connection open, send nothing, until the client goes
-                    let _ = tokio::time::timeout(Duration::from_secs(60), &mut requests).await;
+                    let t0 = Instant::now();
+                    if tokio::time::timeout(Duration::from_secs(60), &mut requests)
+                        .await
+                        .is_ok()
+                    {
+                        state.lock().unwrap().stats.stall_held.push(t0.elapsed());
+                    }
                 }
                 _ => {}
             }
