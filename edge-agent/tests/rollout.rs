@@ -1774,17 +1774,20 @@ fn k_disk_too_small() {
     );
 }
 
-/// k6. The data folder is a 4 MiB tmpfs (room for the factory model and one more) and
+/// k6. The data folder is a 3.75 MB tmpfs (room for the factory model and one more) and
 /// the reserve 0: the pre-check passes, then the test fills the disk while the download
 /// stalls. The next write fails on ENOSPC: `retrying`{reason: disk_full}, the partial file
-/// is removed, A keeps serving. With the space freed, a new rollout converges.
+/// is removed, A keeps serving. The disk fills again: the agent keeps serving and waits
+/// until its state can be written (it used to exit). With the space freed, the old
+/// rollout downloads 1 MB again and a new rollout supersedes it: the old staging folder
+/// is removed (it used to stay, and the new one waited for room forever) and it converges.
 #[test]
 fn k_disk_fills_during_download() {
     let f = fleet();
     let t = Instant::now();
     let mut mount_error = None;
     let mut w = World::build("dev-k6", &[], "free_disk_reserve_bytes = 0\n", "", |data| {
-        match device::Tmpfs::mount(data, 4 << 20) {
+        match device::Tmpfs::mount(data, 3_750_000) {
             Ok(m) => Some(m),
             Err(e) => {
                 mount_error = Some(e);
@@ -1818,19 +1821,7 @@ fn k_disk_fills_during_download() {
     });
     // fill the disk
     let filler = data.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let block = vec![7u8; 4096];
-        loop {
-            match file.write(&block) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling the disk: {e}"),
-            }
-        }
-    }
+    fill(&filler);
     assert!(device::free_bytes(&data) < 8192);
     w.proxy.set(s3::Mode::Pass);
     let e = w.wait_reason(mark, "retrying", "disk_full");
@@ -1846,8 +1837,35 @@ fn k_disk_fills_during_download() {
         w.models_dir()
     );
     w.agent.assert_alive();
-    // the space back, a new rollout (the old one is superseded)
+    // the disk fills up again (another writer takes the space the partial file freed):
+    // the next attempt, and the state write that records it, find no room
+    fill(&filler);
+    let mark_full = w.obs.mark();
+    std::thread::sleep(Duration::from_millis(3500));
+    w.agent.assert_alive();
+    w.assert_serving(&f.a.model_id);
+    // the agent waits for room to write its state (before acting on anything), serving
+    let log = w.log();
+    assert!(
+        log.contains("rollout state not written"),
+        "the next attempt's state write did not meet the full disk:\n{log}"
+    );
+    let while_full = kinds(&w.events_of(mark_full, &cmd.rollout_id));
+    // the space back: the state is written, the old rollout's attempt goes on (it may
+    // still find the disk short, from the retry's point of view) and a new rollout
+    // supersedes it
+    // (the old one gets 1 MB into its staging folder first, then stalls: superseded, that
+    // folder must go, or the new one never finds room for its bundle)
+    w.proxy.set(s3::Mode::Stall {
+        after: 1_000_000,
+        connections: 1_000_000,
+    });
     std::fs::remove_file(&filler).unwrap();
+    w.obs
+        .wait_event(mark_full, LIMIT, "the next attempt's progress", |e| {
+            kind(e) == "downloading" && e["bytes"].as_u64().is_some_and(|b| b > 900_000)
+        });
+    w.proxy.set(s3::Mode::Pass);
     let cmd2 = w.rollout(&f.b, "b");
     w.send_and_converge(&cmd2, &f.b.model_id);
     let mut want = vec![f.a.model_id.clone(), f.b.model_id.clone()];
@@ -1858,10 +1876,31 @@ fn k_disk_fills_during_download() {
     device::assert_order(&hits, &[&f.a.model_id, &f.b.model_id]);
     w.agent.assert_alive();
     println!(
-        "k_disk_fills_during_download: 4 MiB tmpfs, {free0} bytes free before; retrying{{disk_full}}: {detail}; no partial file left; converged after freeing; {} answers, {:.1} s",
+        "k_disk_fills_during_download: 3.75 MB tmpfs, {free0} bytes free before; retrying{{disk_full}}: {detail}; no partial file left; with the disk full again the agent kept serving and waited to write its state (events meanwhile: {while_full:?}); converged after freeing; {} answers, {:.1} s",
         hits.len(),
         t.elapsed().as_secs_f64()
     );
+}
+
+/// Appends to `path` until the disk is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let block = vec![7u8; 4096];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    // the last partial block
+    let _ = file.write(&[7u8; 512]);
 }
 
 /// k7. A bundle whose manifest is signed by the command key: `failed`{wrong_key_role}

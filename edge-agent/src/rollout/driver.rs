@@ -120,6 +120,8 @@ pub struct Driver {
     swap_baseline_p99: Option<f64>,
     timers: BinaryHeap<Reverse<i64>>,
     started: Instant,
+    /// Cancelled when the agent is asked to stop (ends a wait for a state write).
+    stopping: CancellationToken,
 }
 
 impl Driver {
@@ -147,6 +149,7 @@ impl Driver {
             swap_baseline_p99: None,
             timers: BinaryHeap::new(),
             started: Instant::now(),
+            stopping: CancellationToken::new(),
         };
         d.refresh_view();
         d
@@ -230,8 +233,7 @@ impl Driver {
     async fn act(&mut self, a: Action) -> anyhow::Result<()> {
         match a {
             Action::Persist(state) => {
-                let dir = self.s.data_dir.clone();
-                tokio::task::spawn_blocking(move || persist::save(&dir, &state)).await??;
+                self.persist(state).await?;
                 self.publish_status();
             }
             Action::Report(r) => self.publish_report(&r),
@@ -273,6 +275,27 @@ impl Driver {
             Action::SetTimer { at_ms } => self.timers.push(Reverse(at_ms)),
         }
         Ok(())
+    }
+
+    /// Writes the state. While the disk refuses it (full, say), the agent keeps serving
+    /// and tries again with backoff until it is written or the agent is stopped: nothing
+    /// is acted on before its state is on disk, and a full disk does not take the serving
+    /// model down with it.
+    async fn persist(&mut self, state: Box<State>) -> anyhow::Result<()> {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let (dir, st) = (self.s.data_dir.clone(), state.clone());
+            let e = match tokio::task::spawn_blocking(move || persist::save(&dir, &st)).await? {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            tracing::error!(error = %e, retry_in_ms = pause.as_millis() as u64, "rollout state not written; serving on and trying again");
+            tokio::select! {
+                _ = self.stopping.cancelled() => return Err(e.into()),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 
     fn spec(&self, job: &Job) -> DownloadSpec {
@@ -667,11 +690,27 @@ impl Driver {
     /// completions and timers.
     pub async fn run(
         mut self,
+        inbound: Option<mpsc::Receiver<Inbound>>,
+        active_loaded: bool,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stopping = self.stopping.clone();
+        let stop_watch = tokio::spawn(async move {
+            shutdown.await;
+            stopping.cancel();
+        });
+        let stop = self.stopping.clone();
+        let r = self.run_loop(inbound, active_loaded, &stop).await;
+        stop_watch.abort();
+        r
+    }
+
+    async fn run_loop(
+        &mut self,
         mut inbound: Option<mpsc::Receiver<Inbound>>,
         active_loaded: bool,
-        shutdown: impl std::future::Future<Output = ()>,
+        stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        tokio::pin!(shutdown);
         self.publish_status();
         self.feed(Event::Boot {
             now_ms: now_ms(),
@@ -691,7 +730,7 @@ impl Driver {
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = stop.cancelled() => break,
                 Some(d) = self.rx.recv() => self.on_done(d).await?,
                 Some(msg) = async { match inbound.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     self.on_inbound(msg).await?

@@ -1006,6 +1006,9 @@ impl Machine {
                 });
                 self.state.phase = Phase::Idle;
                 self.progress = None;
+                // its staging folder will never be resumed (staging is per rollout): give
+                // the disk back before the newer bundle needs it
+                out.push(self.prune());
                 self.start(cmd, now_ms, out);
             }
             Phase::Loading { .. } | Phase::HealthGate { .. } | Phase::RollingBack { .. } => {
