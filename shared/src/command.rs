@@ -246,10 +246,19 @@ impl Command {
         self.check().map_err(CommandError::Malformed)?;
         let bytes = serde_json::to_vec(self).map_err(|e| CommandError::Malformed(e.to_string()))?;
         let sig = crate::bundle::keys::sign(key, &signed_message(&bytes));
-        Ok(Envelope {
+        let env = Envelope {
             command: b64().encode(&bytes),
             signature: b64().encode(sig),
-        })
+        };
+        // `check` allows more than a device reads (256 devices of 128 characters): refuse
+        // here what every device would refuse as too large
+        let len = serde_json::to_vec(&env)
+            .map_err(|e| CommandError::Malformed(e.to_string()))?
+            .len();
+        if len > MAX_ENVELOPE_BYTES {
+            return Err(CommandError::TooLarge(len));
+        }
+        Ok(env)
     }
 }
 
@@ -500,6 +509,22 @@ mod tests {
         }
         assert!(!Target::Percent { percent: 0 }.includes("dev-1"));
         assert!(Target::Percent { percent: 100 }.includes("dev-1"));
+    }
+
+    #[test]
+    fn a_command_too_large_for_a_device_is_not_signed() {
+        let many = |n: usize| Command {
+            target: Target::Devices {
+                devices: (0..n).map(|i| format!("{i:0>128}")).collect(),
+            },
+            ..sample()
+        };
+        let env = many(80).sign(&key(2)).unwrap();
+        assert!(open(&serde_json::to_vec(&env).unwrap(), &keys()).is_ok());
+        // within check()'s limits, beyond what a device reads
+        assert!(many(MAX_DEVICES).check().is_ok());
+        let e = many(MAX_DEVICES).sign(&key(2)).unwrap_err();
+        assert_eq!(e.reason(), "too_large", "{e}");
     }
 
     #[test]
