@@ -3,7 +3,6 @@
 //! it, give it TLS or passwords, and run in parallel; the machine's broker on :1883 is never
 //! touched. A second, raw rumqttc client observes and publishes.
 
-use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +17,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+#[path = "common/pki.rs"]
+mod pki;
+
+use pki::{pki, write};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const WILL: &[u8] = mqtt::DEFAULT_OFFLINE_WILL;
@@ -537,86 +541,13 @@ async fn no_broker_attempts_are_spaced_by_backoff() {
     );
 }
 
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    rogue_cert: PathBuf,
-    rogue_key: PathBuf,
-    rogue_ca: PathBuf,
-}
-
-fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    (cert, rcgen::Issuer::new(p, key))
-}
-
-fn leaf(
-    names: Vec<String>,
-    cn: &str,
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(names).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    let cert = p.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::File::create(&p)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .unwrap();
-    p
-}
-
-fn pki(dir: &Path, device: &str) -> Pki {
-    let (ca_cert, issuer) = ca("edge test CA");
-    let (rogue_ca_cert, rogue_issuer) = ca("rogue CA");
-    let (sc, sk) = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        "broker",
-        &issuer,
-    );
-    let (cc, ck) = leaf(vec![], device, &issuer);
-    let (rc, rk) = leaf(vec![], device, &rogue_issuer);
-    Pki {
-        ca: write(dir, "ca.pem", &ca_cert.pem()),
-        server_cert: write(dir, "server.pem", &sc),
-        server_key: write(dir, "server.key", &sk),
-        client_cert: write(dir, "client.pem", &cc),
-        client_key: write(dir, "client.key", &ck),
-        rogue_cert: write(dir, "rogue.pem", &rc),
-        rogue_key: write(dir, "rogue.key", &rk),
-        rogue_ca: write(dir, "rogue-ca.pem", &rogue_ca_cert.pem()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_accepts_our_device_and_refuses_others() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (id, fleet) = (unique("dev"), unique("fleet"));
     let k = pki(dir.path(), &id);
-    let conf = format!(
-        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\n",
-        k.ca.display(),
-        k.server_cert.display(),
-        k.server_key.display()
-    );
+    let conf = k.mosquitto_tls();
     let broker = Broker::start_in(dir, &conf);
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
     let tls = |cert: Option<&Path>, key: Option<&Path>, ca: &Path| {

@@ -9,6 +9,8 @@ mod broker;
 mod common;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/pki.rs"]
+mod pki;
 #[path = "common/s3.rs"]
 mod s3;
 
@@ -155,6 +157,8 @@ struct World {
     dir: tempfile::TempDir,
     seq: u64,
     device: String,
+    /// With [`World::over_tls`]: the agent reaches the broker by mutual TLS.
+    pki: Option<pki::Pki>,
 }
 
 fn location(name: &str) -> String {
@@ -181,8 +185,26 @@ impl World {
         more_config: &str,
         setup: impl FnOnce(&Path) -> Option<device::Tmpfs>,
     ) -> World {
+        World::build_full(device, extra, download, more_config, setup, false)
+    }
+
+    /// A world whose agent connects to the broker's mutual-TLS listener (`mqtts://`, a CA
+    /// file, its own client certificate); the test still watches through the plain one.
+    fn over_tls(device: &str) -> World {
+        World::build_full(device, &[], "", "", |_| None, true)
+    }
+
+    fn build_full(
+        device: &str,
+        extra: &[&str],
+        download: &str,
+        more_config: &str,
+        setup: impl FnOnce(&Path) -> Option<device::Tmpfs>,
+        tls: bool,
+    ) -> World {
         let f = fleet();
         let dir = tempfile::tempdir().unwrap();
+        let pki = tls.then(|| pki::pki(&dir.path().join("pki"), device));
         let mount = setup(&dir.path().join("data"));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -206,7 +228,7 @@ impl World {
             s3::upload_dir(&b.dir, &bucket, &format!("models/{name}"));
         }
         let proxy = rt.block_on(s3::Proxy::start(s3.port));
-        let broker = Broker::start();
+        let broker = Broker::start_tls(pki.as_ref().map(|k| k.mosquitto_tls()).as_deref());
         let obs = Observer::start(&broker, device);
         let mut cfg = String::from("[store.options]\n");
         for (k, v) in s3::store_options(proxy.port) {
@@ -216,6 +238,12 @@ impl World {
         cfg += download;
         cfg += "[health]\np99_slack_ms = 2000.0\nmin_answers_for_sets = 10\n";
         cfg += more_config;
+        if let Some(k) = &pki {
+            cfg += &format!(
+                "[mqtt]\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+                k.ca, k.client_cert, k.client_key
+            );
+        }
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, cfg).unwrap();
         // defaults, unless `extra` gives the flag
@@ -235,7 +263,11 @@ impl World {
             device: device.into(),
             fleet: FLEET.into(),
             data_dir: dir.path().join("data"),
-            broker: broker.url(),
+            broker: if pki.is_some() {
+                broker.tls_url()
+            } else {
+                broker.url()
+            },
             factory: f.a.dir.clone(),
             bundle_pub: f.keys.bundle_pub.clone(),
             command_pub: f.keys.command_pub.clone(),
@@ -255,6 +287,7 @@ impl World {
             dir,
             seq: 0,
             device: device.into(),
+            pki,
         };
         // connected: the retained status names the factory model
         w.obs
@@ -1305,34 +1338,46 @@ fn trainer_bin() -> std::path::PathBuf {
 /// the store, signs with a command key, publishes, follows the device's events and exits
 /// 0 with the device's outcome; `--rollback` goes back; a command signed with the bundle
 /// key is refused by the device and the CLI exits non-zero naming the reason.
-#[test]
-fn j_trainer_rollout_cli() {
-    let f = fleet();
-    let mut w = World::new("dev-j", &[]);
-    let keydir = w.dir.path().join("cli-keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let command_key = keydir.join("command.key");
-    let bundle_key = keydir.join("bundle.key");
-    std::fs::write(
-        &command_key,
-        shared::bundle::keys::private_pem(&f.keys.command),
-    )
-    .unwrap();
-    std::fs::write(
-        &bundle_key,
-        shared::bundle::keys::private_pem(&f.keys.bundle),
-    )
-    .unwrap();
-    let cli = |args: &[&str], key: &Path| {
+impl World {
+    /// The fleet's command key and bundle key as private PEM files, for `trainer rollout`.
+    fn cli_keys(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        let f = fleet();
+        let keydir = self.dir.path().join("cli-keys");
+        std::fs::create_dir_all(&keydir).unwrap();
+        let command_key = keydir.join("command.key");
+        let bundle_key = keydir.join("bundle.key");
+        let pem = shared::bundle::keys::private_pem;
+        std::fs::write(&command_key, pem(&f.keys.command)).unwrap();
+        std::fs::write(&bundle_key, pem(&f.keys.bundle)).unwrap();
+        (command_key, bundle_key)
+    }
+
+    /// `trainer rollout --fleet lab --device <this device> --json` with `broker` (the
+    /// `--broker` flag and its TLS flags), `args` and the private key `key`, against this
+    /// world's store: (exit status 0, the JSON lines of stdout, stderr).
+    fn trainer_rollout(
+        &self,
+        broker: &[&str],
+        args: &[&str],
+        key: &Path,
+    ) -> (bool, Vec<Value>, String) {
         let out = std::process::Command::new(trainer_bin())
-            .args(["rollout", "--fleet", FLEET, "--device", "dev-j", "--json"])
-            .args(["--broker", &w.broker.url(), "--timeout", "30"])
+            .args([
+                "rollout",
+                "--fleet",
+                FLEET,
+                "--device",
+                &self.device,
+                "--json",
+            ])
+            .args(["--timeout", "30"])
+            .args(broker)
             .arg("--key")
             .arg(key)
             .args(args)
             .env(
                 "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", w.proxy.port),
+                format!("http://127.0.0.1:{}", self.proxy.port),
             )
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_ACCESS_KEY_ID", s3::KEY)
@@ -1350,7 +1395,17 @@ fn j_trainer_rollout_cli() {
             lines,
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
-    };
+    }
+}
+
+#[test]
+fn j_trainer_rollout_cli() {
+    let f = fleet();
+    let mut w = World::new("dev-j", &[]);
+    let (command_key, bundle_key) = w.cli_keys();
+    let url = w.broker.url();
+    let plain = ["--broker", url.as_str()];
+    let cli = |args: &[&str], key: &Path| w.trainer_rollout(&plain, args, key);
     let b = location("b");
     let t0 = Instant::now();
     let (ok, lines, err) = cli(&["--model", &f.b.model_id, "--bundle", &b], &command_key);
@@ -1383,6 +1438,122 @@ fn j_trainer_rollout_cli() {
     assert!(!ok);
     assert!(err.contains("manifest.json"), "{err}");
     w.agent.assert_alive();
+}
+
+/// l. The same rollout over mutual TLS, as a fleet should run it: the agent reaches the
+/// broker at `mqtts://` with the fleet's CA and its own client certificate (its common name
+/// is its MQTT identity), `trainer rollout` with the operator's. The rollout succeeds and
+/// the device comes back over TLS after a broker restart; a `trainer rollout` that does not
+/// trust the broker's CA, presents no certificate or asks for mqtts:// without a CA file
+/// sends nothing and says why.
+#[test]
+fn l_mutual_tls_end_to_end() {
+    let f = fleet();
+    let t = Instant::now();
+    let mut w = World::over_tls("dev-l");
+    let k = w.pki.as_ref().unwrap();
+    let (command_key, _) = w.cli_keys();
+    let url = w.broker.tls_url();
+    let (ca, cert, key) = (
+        k.ca.display().to_string(),
+        k.operator_cert.display().to_string(),
+        k.operator_key.display().to_string(),
+    );
+    let rogue_ca = k.rogue_ca.display().to_string();
+    assert!(w.agent.spec.broker.starts_with("mqtts://"));
+    println!(
+        "l_mutual_tls_end_to_end: agent online over mTLS {:.0} ms after start",
+        w.agent.started.elapsed().as_secs_f64() * 1e3
+    );
+
+    let b = location("b");
+    let rollout_b = ["--model", f.b.model_id.as_str(), "--bundle", b.as_str()];
+    let t0 = Instant::now();
+    let mtls = [
+        "--broker",
+        &url,
+        "--broker-ca",
+        &ca,
+        "--broker-cert",
+        &cert,
+        "--broker-key",
+        &key,
+    ];
+    let (ok, lines, err) = w.trainer_rollout(&mtls, &rollout_b, &command_key);
+    assert!(ok, "trainer rollout over mTLS failed: {lines:?}\n{err}");
+    assert_eq!(lines[0]["result"], "succeeded", "{lines:?}");
+    println!(
+        "l_mutual_tls_end_to_end: trainer rollout over mTLS to health_passed in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    w.assert_serving(&f.b.model_id);
+
+    // the broker comes back empty (no retained status, no session): the agent reconnects
+    // over TLS, subscribes again and says it is online with b
+    w.broker.restart();
+    w.obs = Observer::start(&w.broker, "dev-l");
+    w.obs
+        .wait_status(LIMIT, "online with b after the restart", |s| {
+            s["online"] == true && s["active"] == f.b.model_id.as_str()
+        });
+
+    // refused before anything is published: each fails, the device still serves b
+    let c = location("c");
+    let rollout_c = ["--model", f.c.model_id.as_str(), "--bundle", c.as_str()];
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        (
+            "a broker certificate from a CA it does not trust",
+            vec![
+                "--broker",
+                &url,
+                "--broker-ca",
+                &rogue_ca,
+                "--broker-cert",
+                &cert,
+                "--broker-key",
+                &key,
+            ],
+            "UnknownIssuer",
+        ),
+        (
+            "no client certificate",
+            vec!["--broker", &url, "--broker-ca", &ca],
+            "CertificateRequired",
+        ),
+        (
+            "mqtts:// without a CA file",
+            vec!["--broker", &url],
+            "--broker-ca",
+        ),
+        (
+            "TLS files with a plain URL",
+            vec!["--broker", "mqtt://127.0.0.1:1", "--broker-ca", &ca],
+            "mqtts://",
+        ),
+    ];
+    for (what, broker, needle) in cases {
+        let mark = w.obs.mark();
+        let t1 = Instant::now();
+        let (ok, lines, err) = w.trainer_rollout(&broker, &rollout_c, &command_key);
+        assert!(!ok, "{what}: trainer rollout succeeded: {lines:?}");
+        assert!(err.contains(needle), "{what}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        println!(
+            "l_mutual_tls_end_to_end: {what}: exit 1 in {:.0} ms: {last}",
+            t1.elapsed().as_secs_f64() * 1e3
+        );
+        assert!(
+            w.obs.events_since(mark).is_empty(),
+            "{what}: the device saw a command"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    w.assert_serving(&f.b.model_id);
+    w.agent.assert_alive();
+    println!(
+        "l_mutual_tls_end_to_end: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

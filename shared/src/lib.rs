@@ -2,6 +2,7 @@
 //! dataset sources and shards, inductive conformal prediction, embedding-quality metrics,
 //! model bundles (manifest, hashes, ed25519 signatures).
 
+pub mod broker;
 pub mod bundle;
 pub mod command;
 pub mod data;

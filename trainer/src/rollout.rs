@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use serde_json::{json, Value};
 use shared::command::{Action, Command, Target, FORMAT, FORMAT_VERSION};
 
@@ -36,9 +37,25 @@ pub struct RolloutArgs {
     /// Private command-signing key (PKCS#8 PEM, `exporter keygen --role command`).
     #[arg(long, env = "EDGECP_COMMAND_KEY")]
     pub key: PathBuf,
-    /// Broker URL (mqtt://HOST:PORT).
+    /// Broker URL: mqtt://HOST[:PORT] or, with TLS, mqtts://HOST[:PORT] (then --broker-ca).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883", env = "EDGECP_BROKER")]
     pub broker: String,
+    /// PEM file with the CA(s) that signed the broker's certificate (mqtts:// only; the
+    /// system's roots are not trusted).
+    #[arg(long, env = "EDGECP_BROKER_CA")]
+    pub broker_ca: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with --broker-key).
+    #[arg(long, env = "EDGECP_BROKER_CERT", requires = "broker_key")]
+    pub broker_cert: Option<PathBuf>,
+    /// PEM private key of --broker-cert.
+    #[arg(long, env = "EDGECP_BROKER_KEY", requires = "broker_cert")]
+    pub broker_key: Option<PathBuf>,
+    /// Broker username.
+    #[arg(long, env = "EDGECP_BROKER_USER")]
+    pub broker_user: Option<String>,
+    /// File whose first line is the broker password (never on the command line).
+    #[arg(long, env = "EDGECP_BROKER_PASSWORD_FILE", requires = "broker_user")]
+    pub broker_password_file: Option<PathBuf>,
     /// Store the bundles were uploaded to by `exporter bundle`.
     #[arg(long, default_value = "runs", env = "EDGECP_STORE")]
     pub store: String,
@@ -115,6 +132,40 @@ async fn rollout_action(a: &RolloutArgs, model: &str) -> Result<Action> {
     })
 }
 
+/// Connection options for `--broker` and its TLS and login flags.
+fn broker_options(a: &RolloutArgs, client_id: String) -> Result<MqttOptions> {
+    let url = shared::broker::parse_url(&a.broker)?;
+    let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_outgoing_inflight_upper_limit(16);
+    let client = a.broker_cert.as_deref().zip(a.broker_key.as_deref());
+    match (url.tls, &a.broker_ca) {
+        (true, Some(ca)) => {
+            let config = shared::broker::client_config(ca, client)?;
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
+        (true, None) => bail!("broker URL {}: mqtts:// needs --broker-ca", a.broker),
+        (false, _) if a.broker_ca.is_some() || client.is_some() => bail!(
+            "TLS files given for the plain URL {}; use mqtts:// to encrypt",
+            a.broker
+        ),
+        (false, _) => {}
+    }
+    if let Some(user) = &a.broker_user {
+        let password = match &a.broker_password_file {
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("broker password file {}", p.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            None => String::new(),
+        };
+        opts.set_credentials(user.clone(), password);
+    }
+    Ok(opts)
+}
+
 /// One device's end of the rollout.
 #[derive(Debug, Clone)]
 struct Outcome {
@@ -161,21 +212,7 @@ async fn run_async(a: &RolloutArgs) -> Result<()> {
     let envelope = cmd.sign(&key)?;
     let payload = serde_json::to_vec(&envelope)?;
 
-    let url = url::Url::parse(&a.broker).with_context(|| format!("broker URL {:?}", a.broker))?;
-    if url.scheme() != "mqtt" {
-        bail!(
-            "broker URL {:?}: trainer rollout speaks mqtt:// only for now",
-            a.broker
-        );
-    }
-    let host = url
-        .host_str()
-        .context("broker URL has no host")?
-        .to_string();
-    let port = url.port().unwrap_or(1883);
-    let mut opts = MqttOptions::new(format!("trainer-rollout-{now}"), host, port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_outgoing_inflight_upper_limit(16);
+    let opts = broker_options(a, format!("trainer-rollout-{now}"))?;
     let (client, mut events) = AsyncClient::new(opts, 64);
     client
         .subscribe("devices/+/events", QoS::AtLeastOnce)

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
 use super::topics;
-use super::{read_password, tls, validate, Inbound, MqttError, MqttSettings};
+use super::{read_password, validate, Inbound, MqttError, MqttSettings};
 
 /// Why a publish was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,7 +258,7 @@ pub fn spawn(
             .client_cert
             .as_deref()
             .zip(settings.client_key.as_deref());
-        let config = tls::client_config(ca, client)?;
+        let config = shared::broker::client_config(ca, client)?;
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
     if let Some(user) = &settings.username {

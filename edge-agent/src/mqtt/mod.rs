@@ -31,7 +31,6 @@
 
 pub mod backoff;
 mod io;
-mod tls;
 pub mod topics;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +39,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use io::{spawn, PublishError, Publisher};
+pub use shared::broker::{parse_url, BrokerError, BrokerUrl};
 pub use topics::{SegmentError, Source};
 
 /// The last will used when the caller has no other: the status topic carries JSON, so the
@@ -122,8 +122,9 @@ impl MqttSettings {
 /// are [`Inbound::Down`] events, retried).
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("broker URL {url:?}: {reason}; expected mqtt://HOST:PORT or mqtts://HOST:PORT")]
-    Url { url: String, reason: String },
+    /// The broker URL, or a TLS file ([`shared::broker`]).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error(transparent)]
     Segment(#[from] SegmentError),
     #[error("setting {name}: {reason}")]
@@ -134,14 +135,6 @@ pub enum MqttError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{what} {}: {reason}", path.display())]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
 }
 
 /// What the IO task tells the caller.
@@ -167,84 +160,6 @@ pub enum Inbound {
         /// one; expired messages are dropped before they get here.
         expires_in: Option<Duration>,
     },
-}
-
-/// Host, port and whether to speak TLS, from a broker URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    /// A DNS name or an IP address (without brackets); for TLS, the name checked against
-    /// the broker's certificate.
-    pub host: String,
-    pub port: u16,
-}
-
-/// Parses `mqtt://HOST[:PORT]` (plain, default port 1883) or `mqtts://HOST[:PORT]` (TLS,
-/// default 8883). IPv6 hosts go in brackets. Paths, queries and `user:pass@` are refused:
-/// credentials come from [`MqttSettings::username`] and a password file.
-pub fn parse_url(url: &str) -> Result<BrokerUrl, MqttError> {
-    let err = |reason: &str| MqttError::Url {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else {
-        return Err(err("unknown scheme"));
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains(['/', '?', '#']) {
-        return Err(err("a path, query or fragment is not allowed"));
-    }
-    if rest.contains('@') {
-        return Err(err(
-            "credentials in the URL are not allowed (use username and password_file)",
-        ));
-    }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(|| err("unclosed '['"))?;
-        match after {
-            "" => (host, None),
-            p => (
-                host,
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| err("expected ':' after ']'"))?,
-                ),
-            ),
-        }
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(err("no host"));
-    }
-    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err("the host contains whitespace"));
-    }
-    let port = match port {
-        None => {
-            if tls {
-                8883
-            } else {
-                1883
-            }
-        }
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p != 0 => p,
-            _ => return Err(err("the port must be a number from 1 to 65535")),
-        },
-    };
-    Ok(BrokerUrl {
-        tls,
-        host: host.to_owned(),
-        port,
-    })
 }
 
 fn setting(name: &'static str, reason: impl Into<String>) -> MqttError {
@@ -338,49 +253,6 @@ fn read_password(path: &Path) -> Result<String, MqttError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ok(url: &str) -> BrokerUrl {
-        parse_url(url).unwrap_or_else(|e| panic!("{url}: {e}"))
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            ok("mqtt://127.0.0.1:1883"),
-            BrokerUrl {
-                tls: false,
-                host: "127.0.0.1".into(),
-                port: 1883
-            }
-        );
-        assert_eq!(ok("mqtts://broker.example:8884").port, 8884);
-        assert!(ok("mqtts://broker.example").tls);
-        assert_eq!(ok("mqtts://broker.example").port, 8883);
-        assert_eq!(ok("mqtt://b").port, 1883);
-        assert_eq!(ok("mqtt://b:1/").port, 1);
-        assert_eq!(ok("mqtt://[::1]:1884").host, "::1");
-        assert_eq!(ok("mqtt://[::1]").port, 1883);
-        for bad in [
-            "tcp://b:1883",
-            "http://b",
-            "b:1883",
-            "mqtt://",
-            "mqtt://:1883",
-            "mqtt://b:0",
-            "mqtt://b:65536",
-            "mqtt://b:x",
-            "mqtt://b:1883/path",
-            "mqtt://b:1883?q=1",
-            "mqtt://u:p@b:1883",
-            "mqtt://[::1",
-            "mqtt://[::1]1883",
-            "mqtt://b c:1883",
-        ] {
-            let e = parse_url(bad).expect_err(bad).to_string();
-            assert!(e.contains(bad), "{e}");
-            assert!(e.contains("expected mqtt://HOST:PORT"), "{e}");
-        }
-    }
 
     #[test]
     fn settings_checked() {

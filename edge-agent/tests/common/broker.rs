@@ -30,32 +30,47 @@ fn mosquitto() -> PathBuf {
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
+    /// A second listener with TLS: its port and its options (cafile, certfile, ...).
+    tls: Option<(u16, String)>,
     dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_tls(None)
+    }
+
+    /// With `tls`, a second listener on its own port takes these TLS options (the first,
+    /// plain one stays for the test's observer and publisher).
+    pub fn start_tls(tls: Option<&str>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let mut b = Broker {
             child: None,
             port: free_port(),
+            tls: tls.map(|o| (free_port(), o.to_string())),
             dir,
         };
         b.spawn();
         b
     }
 
+    /// `mqtts://127.0.0.1:PORT` of the TLS listener.
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("a broker started with TLS");
+        format!("mqtts://127.0.0.1:{port}")
+    }
+
     fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nlog_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nmax_keepalive 65535\n",
-                self.port,
-                self.dir.path().join("mosquitto.log").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nlog_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nmax_keepalive 65535\n",
+            self.port,
+            self.dir.path().join("mosquitto.log").display()
+        );
+        if let Some((port, options)) = &self.tls {
+            text += &format!("listener {port} 127.0.0.1\n{options}");
+        }
+        std::fs::write(&conf, text).unwrap();
         let child = Command::new(mosquitto())
             .arg("-c")
             .arg(&conf)
@@ -65,7 +80,10 @@ impl Broker {
             .expect("starting mosquitto");
         self.child = Some(child);
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let tls_port = self.tls.as_ref().map_or(self.port, |(p, _)| *p);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err()
+        {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "mosquitto did not listen on {}: {}",
