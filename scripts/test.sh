@@ -97,20 +97,25 @@ export EDGECP_DEPLOY_PYTHON
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+# The agent's default features are a device's (native engine only); the suite also runs
+# its tract and tflite runtimes, which the loading and parity tests compare.
+AGENT_FEATURES=edge-agent/tract,edge-agent/tflite
+
+step "cargo clippy --all-targets -- -D warnings (with the agent's runtimes, and as a device builds it)"
+cargo clippy --workspace --all-targets --features "$AGENT_FEATURES" -- -D warnings
+cargo clippy -p edge-agent --all-targets -- -D warnings
 
 step "cargo build --bins (the end-to-end tests in tests/ drive these binaries)"
-cargo build --workspace --bins
+cargo build --workspace --bins --features "$AGENT_FEATURES"
 
 step "cargo test"
-cargo test --workspace --no-fail-fast "$@"
+cargo test --workspace --features "$AGENT_FEATURES" --no-fail-fast "$@"
 
 # The agent's `ort` feature loads onnxruntime at run time: the test venv's wheel carries
 # the shared library, so the feature's tests run here on CPU.
 step "edge-agent with the ort feature (onnxruntime from the test venv)"
 ORT_DYLIB_PATH=$("$EDGECP_PYTHON" -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')
 export ORT_DYLIB_PATH
-cargo clippy -p edge-agent --all-targets --features ort -- -D warnings
+cargo clippy -p edge-agent --all-targets --features ort,tract,tflite -- -D warnings
 # the runtime-specific tests only: the MQTT, download and rollout tests do not depend on it
-cargo test -p edge-agent --features ort --no-fail-fast --lib --test loading --test serve "$@"
+cargo test -p edge-agent --features ort,tract,tflite --no-fail-fast --lib --test loading --test serve "$@"

@@ -193,11 +193,23 @@ pub fn open_with_retry(
     open_configured(location, options, Some(retry))
 }
 
+/// Makes ring the process's rustls provider unless one is installed already. HTTPS to the
+/// stores goes through reqwest built without a provider of its own (its default pulls
+/// aws-lc-rs, whose C build fails for armv7 devices); every HTTP client of ours is built
+/// after this. Idempotent and cheap.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // an Err means another thread installed one first: also fine
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 fn open_configured(
     location: &str,
     options: &[(&str, &str)],
     retry: Option<object_store::RetryConfig>,
 ) -> Result<Location, StoreError> {
+    install_crypto_provider();
     let err = |what: String| StoreError::Location {
         location: location.to_string(),
         what,

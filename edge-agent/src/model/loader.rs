@@ -215,8 +215,9 @@ pub fn load(dir: &Path, key: &VerifyingKey, opts: &LoadOptions) -> Result<Loaded
 }
 
 /// Every check of [`load`] for every parity-checked model of the bundle, without preparing
-/// anything to serve: the ONNX file through the native engine and through tract (and
-/// onnxruntime when built with `ort`), the TFLite file through tract-tflite.
+/// anything to serve: the ONNX file through the native engine and through tract (feature
+/// `tract`) and onnxruntime (feature `ort`), the TFLite file through tract-tflite (feature
+/// `tflite`).
 pub fn verify(
     dir: &Path,
     key: &VerifyingKey,
@@ -231,11 +232,16 @@ pub fn verify(
         let runtimes: &[Runtime] = match ModelFormat::parse(&m.format) {
             Some(ModelFormat::Onnx) => &[
                 Runtime::Native,
+                #[cfg(feature = "tract")]
                 Runtime::Tract,
                 #[cfg(feature = "ort")]
                 Runtime::Ort,
             ],
+            #[cfg(feature = "tflite")]
             Some(ModelFormat::Tflite) => &[Runtime::Tflite],
+            // not in this build: its runtime is checked where it is built
+            #[cfg(not(feature = "tflite"))]
+            Some(ModelFormat::Tflite) => continue,
             None => continue,
         };
         let path = b.path(&m.file).display().to_string();

@@ -9,3 +9,5 @@ pub mod pipeline;
 pub mod predictor;
 pub mod runtime;
 pub mod slot;
+#[cfg(feature = "tract")]
+pub mod tract_engine;

@@ -230,6 +230,7 @@ impl MlflowClient {
         if parsed.host_str().is_none() {
             return Err(bad("no host"));
         }
+        shared::store::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // MLflow's uvicorn closes idle keep-alive connections after 5 s: reusing one it
