@@ -16,6 +16,7 @@ use edge_agent::model::runtime::Runtime;
 use edge_agent::model::slot::ModelSlot;
 use edge_agent::monitoring::assurance::{AlertRule, Assurance, Line, MemoryPin};
 use edge_agent::monitoring::validity::ValidityConfig;
+use edge_agent::sdnotify;
 use edge_agent::serving::http::{self, Access, AppState, Limits};
 use edge_agent::serving::input::image_input;
 
@@ -481,7 +482,20 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
         // tests and scripts read the bound address from this line
         println!("listening http://{addr}");
         tracing::info!(%addr, epsilon, ready_ms = t_start.elapsed().as_secs_f64() * 1e3, "serving");
-        http::serve(listener, state, http::shutdown_signal())
+        // systemd (Type=notify): ready once the listener is bound and the verified model
+        // is in the slot. The watchdog needs no check of its own here: the accept loop is
+        // this runtime's main future (when it ends, the runtime and the pings end), and the
+        // pings run on the workers that serve the connections, so stuck workers miss them.
+        let _watchdog = sdnotify::spawn_watchdog(|| true);
+        sdnotify::ready(&format!(
+            "serving {} on http://{addr}",
+            state.slot.current().model_id()
+        ));
+        let shutdown = async {
+            http::shutdown_signal().await;
+            sdnotify::stopping();
+        };
+        http::serve(listener, state, shutdown)
             .await
             .context("HTTP server")
     })?;

@@ -19,6 +19,7 @@ use edge_agent::mqtt::{self, MqttSettings};
 use edge_agent::rollout::download::DownloadLimits;
 use edge_agent::rollout::driver::{self, Driver, DriverSettings};
 use edge_agent::rollout::machine::{Machine, Policy};
+use edge_agent::sdnotify;
 use edge_agent::serving::http::{self, AppState};
 use shared::command::TrustedKeys;
 
@@ -253,13 +254,27 @@ pub fn run(a: &RunArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
         };
         println!("listening http://{addr}");
         tracing::info!(%addr, epsilon, ready_ms = t_start.elapsed().as_secs_f64() * 1e3, "serving");
+        // systemd (Type=notify): ready once the model answers over HTTP, before and
+        // whatever MQTT does (a device without network still serves). The watchdog pings
+        // while the HTTP task lives: it is spawned, so if it ended (a panic) the agent
+        // would go on taking rollouts without serving; the pings also need the runtime's
+        // workers to tick. (Reading the model slot would add nothing: it never blocks.)
+        let http_alive = http_task.abort_handle();
+        let _watchdog = sdnotify::spawn_watchdog(move || !http_alive.is_finished());
+        sdnotify::ready(&format!(
+            "serving {} on http://{addr}",
+            app.slot.current().model_id()
+        ));
         let will =
             serde_json::json!({ "device_id": device_id, "state": "offline", "online": false });
         let (publisher, inbound, mqtt_task) =
             mqtt::spawn(mq, will.to_string().into_bytes()).context("MQTT settings")?;
         let machine = Machine::new(state, policy);
         let driver = Driver::new(machine, settings, app, Some(publisher.clone()));
-        let signal = http::shutdown_signal();
+        let signal = async {
+            http::shutdown_signal().await;
+            sdnotify::stopping();
+        };
         let result = driver.run(Some(inbound), active_loaded, signal).await;
         // a clean stop says so before it leaves (the will is for unclean ones)
         let _ = publisher.publish_status(will.to_string(), true);

@@ -274,6 +274,7 @@ impl World {
             config,
             extra: args,
             log: dir.path().join("agent.log"),
+            program: vec![],
         };
         let agent = Agent::start(&spec);
         let w = World {

@@ -349,11 +349,17 @@ pub struct ApiAnswer {
     #[serde(flatten)]
     pub answer: Answer,
     pub model_id: String,
+    /// The model's embedding of the input, with `?embedding=true` (to compare builds and
+    /// engines, or to keep for analysis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Deserialize)]
 struct EpsilonQuery {
     epsilon: Option<f64>,
+    #[serde(default)]
+    embedding: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -590,6 +596,7 @@ async fn answer_items<K: Send + 'static>(
     work: &Work,
     inputs: Inputs,
     epsilon: f64,
+    with_embedding: bool,
     keep: K,
 ) -> Result<Vec<Result<ApiAnswer, String>>, ApiError> {
     let model = state.slot.current();
@@ -640,6 +647,7 @@ async fn answer_items<K: Send + 'static>(
                             id,
                             answer,
                             model_id: model.model_id().to_string(),
+                            embedding: with_embedding.then(|| e.to_vec()),
                         })
                     }
                 });
@@ -696,7 +704,7 @@ async fn predict(
         (inputs, None, (body.permit, None))
     };
     let epsilon = epsilon_of(&state, q.epsilon, body_eps)?;
-    let mut out = answer_items(&state, &work, inputs, epsilon, keep).await?;
+    let mut out = answer_items(&state, &work, inputs, epsilon, q.embedding, keep).await?;
     match out.pop() {
         Some(Ok(a)) => Ok(Json(a)),
         Some(Err(e)) => Err(bad(e)),
@@ -780,7 +788,7 @@ async fn predict_batch(
         (None, true) => return Err(bad("no input: give \"images\" (base64) or \"tensor\"")),
     };
     let keep = (body.permit, parse, pixels_permit);
-    let out = answer_items(&state, &work, inputs, epsilon, keep).await?;
+    let out = answer_items(&state, &work, inputs, epsilon, q.embedding, keep).await?;
     let failed = out.iter().filter(|r| r.is_err()).count();
     let results: Vec<serde_json::Value> = out
         .into_iter()

@@ -181,6 +181,8 @@ pub struct AgentSpec {
     pub extra: Vec<String>,
     /// stderr of every start, appended.
     pub log: PathBuf,
+    /// The command that runs the agent (e.g. qemu and an ARM build); empty: this build's.
+    pub program: Vec<String>,
 }
 
 /// A running `edge-agent run`; SIGKILLed on drop.
@@ -200,7 +202,15 @@ impl Agent {
             .open(&spec.log)
             .unwrap();
         let started = Instant::now();
-        let mut child = crate::common::agent()
+        let mut cmd = match spec.program.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest);
+                c
+            }
+            None => crate::common::agent(),
+        };
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .arg("--config")
             .arg(&spec.config)
