@@ -1,5 +1,5 @@
 //! The README's first command, `trainer demo`, end to end with no data and no services
-//! (on a short training budget here; the full demo is timed in the README).
+//! (on a short training budget here; the full demo is timed in docs/TRAINING.md).
 
 use tests::{last_json, run};
 

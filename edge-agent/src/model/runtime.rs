@@ -3,7 +3,7 @@
 //!
 //! - `native` (the default): the ONNX file through our own engine ([`infer`]): Winograd
 //!   convolutions written for this network, 1.5-1.9x onnxruntime's speed on 2 cores (see
-//!   the README's "Edge agent" figures). It runs the chains the exporter writes and refuses
+//!   docs/BENCHMARKS.md). It runs the chains the exporter writes and refuses
 //!   other graphs by node.
 //! - `tract` (cargo feature `tract`): the ONNX file through tract-onnx, a general runtime
 //!   (any graph it supports).
