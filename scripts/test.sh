@@ -119,3 +119,12 @@ export ORT_DYLIB_PATH
 cargo clippy -p edge-agent --all-targets --features ort,tract,tflite -- -D warnings
 # the runtime-specific tests only: the MQTT, download and rollout tests do not depend on it
 cargo test -p edge-agent --features ort,tract,tflite --no-fail-fast --lib --test loading --test serve "$@"
+
+# The device builds: aarch64 (Jetson, glibc 2.31), aarch64 and armv7 musl. cross/test.sh
+# installs its toolchain on first use (zig from PyPI, cargo-zigbuild, qemu-user), runs the
+# unit and parity tests under qemu, checks each binary's size and linkage, and runs the
+# emulated agent end to end against this build. EDGECP_CROSS=0 skips it.
+if [ "${EDGECP_CROSS:-1}" != 0 ]; then
+  step "device targets under qemu (cross/test.sh)"
+  cross/test.sh
+fi
