@@ -504,16 +504,32 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+
 fn main() -> ExitCode {
     let t_start = Instant::now();
     edge_agent::serving::memory::return_freed_memory();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    // RUST_LOG as `level` or `target=level,...` (tracing's `Targets`): the full EnvFilter
+    // syntax (span fields, regexes) would bring a regex engine, about 0.5 MB of a device's
+    // binary; a bad value falls back to `info` and says so.
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let wanted = std::env::var("RUST_LOG").ok();
+    let (filter, bad) = match wanted.as_deref().map(str::parse::<Targets>) {
+        Some(Ok(t)) => (t, None),
+        Some(Err(e)) => (Targets::new().with_default(Level::INFO), Some(e)),
+        None => (Targets::new().with_default(Level::INFO), None),
+    };
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
+    if let Some(e) = bad {
+        tracing::warn!(
+            "RUST_LOG {wanted:?} is not `level` or `target=level,...` ({e}); logging at info"
+        );
+    }
     let cli = Cli::parse();
     let run = || -> Result<ExitCode> {
         let file = FileConfig::load(cli.config.as_deref())?;
