@@ -552,3 +552,16 @@ fn concurrent_callers_get_the_same_answers() {
         }
     });
 }
+
+/// Writes the exporter's network (side 32, embedding 128, random weights: the
+/// GTSRB-sized model) to `$EDGECP_WRITE_MODEL`, for benchmarks that need a model file
+/// without a trained bundle (`examples/insn_bench.rs`):
+/// `EDGECP_WRITE_MODEL=/tmp/model.onnx cargo test -p infer --test parity -- --ignored write_exporter_model`
+#[test]
+#[ignore = "writes a file; run by hand"]
+fn write_exporter_model() {
+    let path = std::env::var("EDGECP_WRITE_MODEL").expect("EDGECP_WRITE_MODEL=FILE");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let bytes = build(&exporter_net(128), &mut rng).encode_to_vec();
+    std::fs::write(&path, bytes).expect("write the model");
+}

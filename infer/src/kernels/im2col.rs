@@ -2,8 +2,8 @@
 //! each output pixel's receptive field (ky, kx, c order) becomes a row of `cols`, and
 //! `cols · W` (W is `[k*k*C, O]`) is the NHWC output directly.
 
+use super::bias_relu;
 use super::matmul::matmul;
-use super::{bias_relu, dispatch};
 
 /// Geometry of a convolution on one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +115,7 @@ pub fn conv_rows(
         fill_cols(s, x, y, yb, cols);
         let dst = &mut out[(y - y0) * ow * o_n..(yb - y0) * ow * o_n];
         matmul(px, o_n, patch, cols, patch, w, o_n, dst, o_n);
-        dispatch!(bias_relu(dst, bias, relu));
+        bias_relu(dst, bias, relu);
         y = yb;
     }
 }

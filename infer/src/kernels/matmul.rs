@@ -7,6 +7,7 @@
 //! and CPUs go through `gemm` (AVX-512 / AVX2 / NEON / scalar microkernels, chosen at run
 //! time).
 
+#[cfg(target_arch = "x86_64")]
 use super::isa::{self, Isa};
 
 /// `c = a · b` with `a` m x k (row stride `lda`), `b` k x n (row stride `ldb`) and `c` m x n

@@ -1,6 +1,7 @@
 //! Max-pooling of one NHWC image (no padding, floor rounding: ONNX MaxPool's defaults).
 
 use super::dispatch;
+use super::isa::{self, Isa};
 
 /// Pooling window and stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,25 @@ fn max_pool_generic(p: PoolShape, x: &[f32], h: usize, w: usize, c: usize, out: 
 
 /// Max-pools `x` (`h x w x c`) into `out` (`out_h x out_w x c`).
 pub fn max_pool(p: PoolShape, x: &[f32], h: usize, w: usize, c: usize, out: &mut [f32]) {
+    max_pool_with(isa::isa(), p, x, h, w, c, out)
+}
+
+/// [`max_pool`] with the kernels of `isa` (the NEON one, or the generic code compiled for
+/// the x86 set [`isa::isa`] picks).
+pub(crate) fn max_pool_with(
+    isa: Isa,
+    p: PoolShape,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        return super::neon::max_pool(p, x, h, w, c, out);
+    }
+    let _ = isa;
     dispatch!(max_pool_generic(p, x, h, w, c, out))
 }
 

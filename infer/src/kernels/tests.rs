@@ -188,3 +188,207 @@ fn tile_choice_follows_the_image() {
     assert_eq!(Tile::choose(14, 14), Some(Tile::F2));
     assert_eq!(Tile::choose(9, 8), None);
 }
+
+/// The NEON kernels against the generic code they replace, called side by side on random
+/// shapes with ragged edges: channel counts that are not multiples of 4 (nor of the
+/// generic code's 16), odd numbers of tile rows and columns, odd image sides for the
+/// pool, row ranges that start inside the image. Bitwise equal, except F(4x4)'s input
+/// transform (its products by 5 are fused: one rounding fewer), held to 1e-6 of the
+/// largest value.
+#[cfg(target_arch = "aarch64")]
+mod neon_parity {
+    use std::sync::atomic::Ordering;
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::super::isa::{self, Isa};
+    use super::super::neon;
+    use super::super::pool::{max_pool_with, PoolShape};
+    use super::super::winograd::{
+        input_transform, output_transform, OutputSpec, Tile, WinogradShape,
+    };
+    use super::{max_rel_diff, random};
+
+    /// Channel counts: single, 3 (RGB), partial groups of 4 and of 16, whole ones.
+    const CHANNELS: [usize; 10] = [1, 3, 4, 5, 7, 8, 16, 17, 30, 64];
+
+    fn shape(rng: &mut ChaCha8Rng, tile: Tile) -> WinogradShape {
+        let b = tile.out();
+        WinogradShape {
+            h: b * rng.random_range(1..8),
+            w: b * rng.random_range(1..8),
+            c: CHANNELS[rng.random_range(0..CHANNELS.len())],
+            o: CHANNELS[rng.random_range(0..CHANNELS.len())],
+            tile,
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn input_transforms_match_the_generic_code() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        for tile in [Tile::F2, Tile::F4] {
+            for _ in 0..60 {
+                let s = shape(&mut rng, tile);
+                let x = random(&mut rng, s.h * s.w * s.c, 2.0);
+                let ty0 = rng.random_range(0..s.tile_rows());
+                let ty1 = rng.random_range(ty0 + 1..=s.tile_rows());
+                let n = (ty1 - ty0) * s.tile_cols() * tile.points() * s.c;
+                let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                input_transform(Isa::Baseline, s, &x, ty0, ty1, &mut want);
+                input_transform(Isa::Neon, s, &x, ty0, ty1, &mut got);
+                if tile == Tile::F2 {
+                    assert_eq!(bits(&got), bits(&want), "{s:?} rows {ty0}..{ty1}");
+                } else {
+                    let d = max_rel_diff(&got, &want);
+                    assert!(d <= 1e-6, "{s:?} rows {ty0}..{ty1}: {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn output_transforms_match_the_generic_code() {
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        for tile in [Tile::F2, Tile::F4] {
+            for i in 0..80 {
+                let s = shape(&mut rng, tile);
+                let rows = rng.random_range(1..=s.tile_rows());
+                let m = random(&mut rng, rows * s.tile_cols() * tile.points() * s.o, 3.0);
+                let bias = random(&mut rng, s.o, 0.5);
+                let (relu, pool) = (i % 2 == 0, i % 4 < 2);
+                let spec = OutputSpec {
+                    bias: &bias,
+                    relu,
+                    pool,
+                };
+                let n = rows * s.row_out(pool);
+                let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                output_transform(Isa::Baseline, s, spec, &m, rows, &mut want);
+                output_transform(Isa::Neon, s, spec, &m, rows, &mut got);
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{s:?} rows {rows} relu {relu} pool {pool}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_the_generic_code() {
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        for _ in 0..120 {
+            let p = PoolShape {
+                kernel: rng.random_range(1..4),
+                stride: rng.random_range(1..4),
+            };
+            let (h, w) = (rng.random_range(1..12), rng.random_range(1..12));
+            let c = CHANNELS[rng.random_range(0..CHANNELS.len())];
+            let x = random(&mut rng, h * w * c, 1.0);
+            let n = p.out(h).unwrap_or(0) * p.out(w).unwrap_or(0) * c;
+            let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            max_pool_with(Isa::Baseline, p, &x, h, w, c, &mut want);
+            max_pool_with(Isa::Neon, p, &x, h, w, c, &mut got);
+            assert_eq!(bits(&got), bits(&want), "{p:?} {h}x{w}x{c}");
+        }
+    }
+
+    #[test]
+    fn bias_relu_matches_the_generic_code() {
+        let mut rng = ChaCha8Rng::seed_from_u64(24);
+        for i in 0..60 {
+            let c = CHANNELS[rng.random_range(0..CHANNELS.len())];
+            let px = rng.random_range(1..20);
+            let x = random(&mut rng, px * c, 1.0);
+            let bias = random(&mut rng, c, 0.5);
+            let (mut want, mut got) = (x.clone(), x);
+            let relu = i % 2 == 0;
+            super::super::bias_relu_with(Isa::Baseline, &mut want, &bias, relu);
+            super::super::bias_relu_with(Isa::Neon, &mut got, &bias, relu);
+            assert_eq!(bits(&got), bits(&want), "{px} px x {c} relu {relu}");
+        }
+    }
+
+    /// The engine's entry points reach the NEON kernels (unless `EDGECP_INFER_ISA` asks
+    /// for the generic code): their call counters move.
+    #[test]
+    fn the_entry_points_run_the_neon_kernels() {
+        if isa::isa() != Isa::Neon {
+            return;
+        }
+        let calls = || neon::CALLS.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let before = calls();
+        let mut rng = ChaCha8Rng::seed_from_u64(25);
+        let (h, w, c, o) = (8, 8, 5, 6);
+        let x = random(&mut rng, h * w * c, 1.0);
+        let wt = random(&mut rng, o * c * 9, 0.5);
+        let b = random(&mut rng, o, 0.5);
+        let s = WinogradShape {
+            h,
+            w,
+            c,
+            o,
+            tile: Tile::F2,
+        };
+        let u = super::winograd::pack_weights(Tile::F2, c, o, &wt);
+        let mut out = vec![0.0; h * w * o];
+        let mut scratch = super::WinogradScratch::default();
+        super::winograd::conv_rows(
+            s,
+            &u,
+            &b,
+            true,
+            false,
+            &x,
+            0,
+            s.tile_rows(),
+            &mut scratch,
+            &mut out,
+        );
+        let mut pooled = vec![0.0; (h / 2) * (w / 2) * o];
+        let p = PoolShape {
+            kernel: 2,
+            stride: 2,
+        };
+        super::max_pool(p, &out, h, w, o, &mut pooled);
+        let cs = super::ConvShape {
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_c: o,
+            kernel: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let packed = super::im2col::pack_weights(&cs, &wt);
+        let mut y = vec![0.0; cs.out_h() * cs.out_w() * o];
+        super::im2col::conv_rows(
+            &cs,
+            &packed,
+            &b,
+            true,
+            &x,
+            0,
+            cs.out_h(),
+            &mut Vec::new(),
+            &mut y,
+        );
+        let after = calls();
+        for (k, name) in [
+            "input transform",
+            "output transform",
+            "max-pool",
+            "bias+relu",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(after[k] > before[k], "the NEON {name} did not run");
+        }
+    }
+}

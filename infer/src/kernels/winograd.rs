@@ -18,6 +18,7 @@
 //! the matrix products efficient (see [`Tile::choose`]).
 
 use super::dispatch;
+use super::isa::{self, Isa};
 use super::matmul::matmul;
 
 /// Lanes of the element-wise transforms (one AVX-512 register of f32).
@@ -372,10 +373,10 @@ fn input_transform_generic<const FULL: bool, const F4: bool>(
 
 /// What the output transform adds and fuses.
 #[derive(Clone, Copy)]
-struct OutputSpec<'a> {
-    bias: &'a [f32],
-    relu: bool,
-    pool: bool,
+pub(crate) struct OutputSpec<'a> {
+    pub(crate) bias: &'a [f32],
+    pub(crate) relu: bool,
+    pub(crate) pool: bool,
 }
 
 /// Output transform of a band (`m`: tile-major, P rows of O values per tile), bias, ReLU,
@@ -472,6 +473,61 @@ fn output_transform_generic<const FULL: bool, const F4: bool>(
     }
 }
 
+/// Input transform of tile rows `ty0..ty1` of `x` into `v` ([`input_transform_generic`]'s
+/// layout) with the kernels of `isa` (the NEON one, or the generic code compiled for the
+/// x86 set [`isa::isa`] picks).
+pub(crate) fn input_transform(
+    isa: Isa,
+    s: WinogradShape,
+    x: &[f32],
+    ty0: usize,
+    ty1: usize,
+    v: &mut [f32],
+) {
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        return super::neon::input_transform(s, x, ty0, ty1, v);
+    }
+    let _ = isa;
+    match (s.tile, s.c.is_multiple_of(LANES)) {
+        (Tile::F2, true) => dispatch!(input_transform_generic::<true, false>(s, x, ty0, ty1, v)),
+        (Tile::F2, false) => dispatch!(input_transform_generic::<false, false>(s, x, ty0, ty1, v)),
+        (Tile::F4, true) => dispatch!(input_transform_generic::<true, true>(s, x, ty0, ty1, v)),
+        (Tile::F4, false) => dispatch!(input_transform_generic::<false, true>(s, x, ty0, ty1, v)),
+    }
+}
+
+/// Output transform of a band of `rows` tile rows ([`output_transform_generic`]) with the
+/// kernels of `isa`, as [`input_transform`].
+pub(crate) fn output_transform(
+    isa: Isa,
+    s: WinogradShape,
+    spec: OutputSpec<'_>,
+    m: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        return super::neon::output_transform(s, spec, m, rows, out);
+    }
+    let _ = isa;
+    match (s.tile, s.o.is_multiple_of(LANES)) {
+        (Tile::F2, true) => dispatch!(output_transform_generic::<true, false>(
+            s, spec, m, rows, out
+        )),
+        (Tile::F2, false) => dispatch!(output_transform_generic::<false, false>(
+            s, spec, m, rows, out
+        )),
+        (Tile::F4, true) => dispatch!(output_transform_generic::<true, true>(
+            s, spec, m, rows, out
+        )),
+        (Tile::F4, false) => dispatch!(output_transform_generic::<false, true>(
+            s, spec, m, rows, out
+        )),
+    }
+}
+
 /// Makes `v` at least `n` long.
 pub(crate) fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
@@ -506,7 +562,7 @@ pub fn conv_rows(
     let band = s.band_rows();
     let row_out = s.row_out(pool);
     let spec = OutputSpec { bias, relu, pool };
-    let (full_in, full_out) = (c_n.is_multiple_of(LANES), o_n.is_multiple_of(LANES));
+    let isa = isa::isa();
     let mut ty = ty0;
     while ty < ty1 {
         let tb = (ty + band).min(ty1);
@@ -515,14 +571,7 @@ pub fn conv_rows(
         grow(&mut scratch.v, p * nt * c_n);
         grow(&mut scratch.m, p * nt * o_n);
         let v = &mut scratch.v[..p * nt * c_n];
-        match (s.tile, full_in) {
-            (Tile::F2, true) => dispatch!(input_transform_generic::<true, false>(s, x, ty, tb, v)),
-            (Tile::F2, false) => {
-                dispatch!(input_transform_generic::<false, false>(s, x, ty, tb, v))
-            }
-            (Tile::F4, true) => dispatch!(input_transform_generic::<true, true>(s, x, ty, tb, v)),
-            (Tile::F4, false) => dispatch!(input_transform_generic::<false, true>(s, x, ty, tb, v)),
-        }
+        input_transform(isa, s, x, ty, tb, v);
         let m = &mut scratch.m[..p * nt * o_n];
         for xi in 0..p {
             // tile-major V and M: row t of product xi is at (t * P + xi) * width
@@ -540,20 +589,7 @@ pub fn conv_rows(
         }
         let dst = &mut out[(ty - ty0) * row_out..(tb - ty0) * row_out];
         let rows = tb - ty;
-        match (s.tile, full_out) {
-            (Tile::F2, true) => dispatch!(output_transform_generic::<true, false>(
-                s, spec, m, rows, dst
-            )),
-            (Tile::F2, false) => dispatch!(output_transform_generic::<false, false>(
-                s, spec, m, rows, dst
-            )),
-            (Tile::F4, true) => dispatch!(output_transform_generic::<true, true>(
-                s, spec, m, rows, dst
-            )),
-            (Tile::F4, false) => dispatch!(output_transform_generic::<false, true>(
-                s, spec, m, rows, dst
-            )),
-        }
+        output_transform(isa, s, spec, m, rows, dst);
         ty = tb;
     }
 }
