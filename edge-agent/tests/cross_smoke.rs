@@ -66,10 +66,10 @@ fn answers(addr: &str, x: &[f32], per: usize) -> Vec<Value> {
         .unwrap_or_else(|e| panic!("POST /v1/predict/batch to {addr}: {e}"));
         assert_eq!(st, 200, "{text}");
         let v: Value = serde_json::from_str(&text).unwrap();
-        let items = v["answers"]
+        let items = v["results"]
             .as_array()
-            .or_else(|| v.as_array())
-            .unwrap_or_else(|| panic!("no answers in {text:.300}"));
+            .unwrap_or_else(|| panic!("no results in {text:.300}"));
+        assert_eq!(v["failed"], 0, "{text:.300}");
         out.extend(items.iter().cloned());
     }
     out
