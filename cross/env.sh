@@ -63,7 +63,16 @@ cross_cargo() {
   shift 2
   local extra=()
   case "$target" in
-    armv7-unknown-linux-musleabihf) extra=(-Zbuild-std) ;;
+    armv7-unknown-linux-musleabihf)
+      # mimalloc's build asks for -latomic on 32-bit ARM; zig has no libatomic, but its
+      # compiler-rt (linked anyway) defines the __atomic_* calls: an empty archive
+      # satisfies the flag (array settings given with --config add to the file's)
+      local stubs=$EDGECP_CACHE/cross-stubs
+      if [ ! -f "$stubs/libatomic.a" ]; then
+        mkdir -p "$stubs" && ar rc "$stubs/libatomic.a"
+      fi
+      extra=(-Zbuild-std --config "target.$target.rustflags=[\"-L\", \"native=$stubs\"]")
+      ;;
   esac
   RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$CROSS_TARGET_DIR \
     cargo-zigbuild "$sub" --config "$CROSS_DIR/config.toml" --target "$target" "${extra[@]}" "$@"
