@@ -19,6 +19,8 @@ use edge_agent::monitoring::validity::ValidityConfig;
 use edge_agent::sdnotify;
 use edge_agent::serving::http::{self, Access, AppState, Limits};
 use edge_agent::serving::input::image_input;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 
 mod bench;
 mod drift;
@@ -503,9 +505,6 @@ fn serve(a: &ServeArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
     rt.shutdown_timeout(drain);
     Ok(ExitCode::SUCCESS)
 }
-
-use tracing::Level;
-use tracing_subscriber::filter::Targets;
 
 fn main() -> ExitCode {
     let t_start = Instant::now();
