@@ -347,7 +347,11 @@ mod tests {
         // 3e10 bytes of pixels: missing on a 64-bit device, more than a 32-bit address
         // space can hold on armv7 (found by the armv7 run under qemu)
         let e = err(b"P6\n100000 100000\n255\n");
-        let want = if usize::BITS < 64 { "too large" } else { "truncated" };
+        let want = if usize::BITS < 64 {
+            "too large"
+        } else {
+            "truncated"
+        };
         assert!(e.contains(want), "{e}");
         let e = err(b"P");
         assert!(e.contains("not a PPM"), "{e}");
