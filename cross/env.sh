@@ -55,9 +55,10 @@ rustup component list --installed | grep -q '^rust-src' || rustup component add 
 # The cross builds have their own target folder: the host's stays untouched.
 export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-$EDGECP_CACHE/target-cross}
 
-# `cargo-zigbuild SUB ARGS` (SUB: zigbuild, test, check) for target $1 (the name may carry a glibc version, .2.31): the
-# armv7 musl std is built from source (RUSTC_BOOTSTRAP lets stable cargo take
-# -Zbuild-std; see cross/config.toml).
+# `cargo-zigbuild SUB ARGS` (SUB: zigbuild, test, check) for target $1, whose name may
+# carry a glibc version (.2.31). The armv7 musl std is built from source (RUSTC_BOOTSTRAP
+# lets stable cargo take -Zbuild-std; see cross/config.toml); RUSTC_BOOTSTRAP is set for
+# every target so that the shared build scripts keep one fingerprint.
 cross_cargo() {
   local target=$1 sub=$2
   shift 2
