@@ -6,10 +6,3 @@
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The allocator in use, for `/v1/model` and the start-up log.
-pub const NAME: &str = if cfg!(target_env = "musl") {
-    "mimalloc"
-} else {
-    "system"
-};
