@@ -21,7 +21,7 @@ ZIGBUILD_ROOT=$EDGECP_CACHE/cargo-zigbuild-$ZIGBUILD_VERSION
 CROSS_TARGETS_ALL="aarch64-unknown-linux-gnu.2.31 aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf"
 export CROSS_TARGETS=${CROSS_TARGETS:-$CROSS_TARGETS_ALL}
 
-cross_log() { printf '[cross] %s\n' "$*" >&2; }
+cross_log() { printf '[cross %s, +%d s] %s\n' "$(date +%T)" "$SECONDS" "$*" >&2; }
 
 if [ ! -x "$ZIG_ROOT/ziglang/zig" ]; then
   cross_log "installing zig $ZIG_VERSION (PyPI ziglang) into $ZIG_ROOT"

@@ -42,5 +42,5 @@ for t in "${targets[@]}"; do
   cross_log "end-to-end under qemu: $t"
   EDGECP_CROSS_TARGET=$t EDGECP_CROSS_AGENT=$CROSS_TARGET_DIR/dist/$t/edge-agent \
     EDGECP_CROSS_RUNNER="$(runner_of "$t")" \
-    cargo test -p edge-agent --test cross_smoke -- --ignored --nocapture
+    cargo test -p edge-agent --features "${EDGECP_HOST_FEATURES:-}" --test cross_smoke -- --ignored --nocapture
 done

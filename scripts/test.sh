@@ -12,7 +12,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$EDGECP_CACHE/target}
 export EDGECP_DATA=${EDGECP_DATA:-$(cd .. && pwd)/shared/data}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
-step() { printf '\n== %s\n' "$*" >&2; }
+# each step prints the wall time since the start, so a log shows where the time goes
+step() { printf '\n== [%s, +%d s] %s\n' "$(date +%T)" "$SECONDS" "$*" >&2; }
 
 step "toolchain components"
 for c in rustfmt clippy; do
@@ -126,5 +127,7 @@ cargo test -p edge-agent --features ort,tract,tflite --no-fail-fast --lib --test
 # emulated agent end to end against this build. EDGECP_CROSS=0 skips it.
 if [ "${EDGECP_CROSS:-1}" != 0 ]; then
   step "device targets under qemu (cross/test.sh)"
-  cross/test.sh
+  EDGECP_HOST_FEATURES=tract,tflite cross/test.sh
 fi
+step "done"
+

@@ -434,7 +434,8 @@ mod tests {
     #[test]
     fn on_exchangeable_streams_the_alarm_rate_stays_below_delta() {
         let delta = 0.05;
-        let seeds = 400;
+        // fewer streams under qemu (cross/test.sh), where the arithmetic is the same
+        let seeds = if cfg!(edgecp_cross) { 100 } else { 400 };
         let alarms = (0..seeds)
             .filter(|&s| run(s, delta, 2000, 0.0).is_some())
             .count();
