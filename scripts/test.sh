@@ -100,7 +100,7 @@ cargo fmt --all -- --check
 
 # The agent's default features are a device's (native engine only); the suite also runs
 # its tract and tflite runtimes, which the loading and parity tests compare.
-AGENT_FEATURES=edge-agent/tract,edge-agent/tflite
+AGENT_FEATURES=edge-agent/tract,edge-agent/tflite,edge-agent/eval
 
 step "cargo clippy --all-targets -- -D warnings (with the agent's runtimes, and as a device builds it)"
 cargo clippy --workspace --all-targets --features "$AGENT_FEATURES" -- -D warnings
@@ -127,7 +127,7 @@ cargo test -p edge-agent --features ort,tract,tflite --no-fail-fast --lib --test
 # emulated agent end to end against this build. EDGECP_CROSS=0 skips it.
 if [ "${EDGECP_CROSS:-1}" != 0 ]; then
   step "device targets under qemu (cross/test.sh)"
-  EDGECP_HOST_FEATURES=tract,tflite cross/test.sh
+  EDGECP_HOST_FEATURES=tract,tflite,eval cross/test.sh
 fi
 step "done"
 

@@ -22,7 +22,9 @@ use edge_agent::serving::input::image_input;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 
+#[cfg(feature = "eval")]
 mod bench;
+#[cfg(feature = "eval")]
 mod drift;
 mod run;
 
@@ -54,13 +56,39 @@ enum Command {
     /// Serve predictions over HTTP until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
     /// Measure latency, throughput, memory and cold start against Python onnxruntime.
+    #[cfg(feature = "eval")]
     Bench(bench::BenchArgs),
     /// Replay labelled images (as they are, darkened, rotated, noisy) through the model and
     /// the online validity monitor: alarm rates and the labels each alarm needed.
+    #[cfg(feature = "eval")]
     Drift(drift::DriftArgs),
+    /// A device build (without the `eval` feature) leaves out `bench` and `drift`: they
+    /// are measurements for a workstation. Named here so that asking for one says so.
+    #[cfg(not(feature = "eval"))]
+    #[command(name = "bench", hide = true, disable_help_flag = true)]
+    BenchNotBuilt(NotBuilt),
+    #[cfg(not(feature = "eval"))]
+    #[command(name = "drift", hide = true, disable_help_flag = true)]
+    DriftNotBuilt(NotBuilt),
     /// Serve over HTTP and take signed rollouts over MQTT: download, verify, activate
     /// beside the serving model, health-gate, roll back (see docs/ROLLOUT.md).
     Run(run::RunArgs),
+}
+
+/// Whatever follows a subcommand this build leaves out.
+#[cfg(not(feature = "eval"))]
+#[derive(Args, Debug)]
+struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _rest: Vec<String>,
+}
+
+#[cfg(not(feature = "eval"))]
+fn not_built(name: &str) -> Result<ExitCode> {
+    bail!(
+        "`edge-agent {name}` is not in this build: it is a workstation measurement, built with \
+         the `eval` feature (cargo build --release -p edge-agent --features eval)"
+    )
 }
 
 /// Which bundle, trusted by which key, run how.
@@ -536,8 +564,14 @@ fn main() -> ExitCode {
             Command::Predict(a) => predict(a, &file),
             Command::Verify(a) => verify(a, &file),
             Command::Serve(a) => serve(a, &file, t_start),
+            #[cfg(feature = "eval")]
             Command::Bench(a) => bench::run(a, &file, |m| resolve(m, &file)),
+            #[cfg(feature = "eval")]
             Command::Drift(a) => drift::run(a, |m| resolve(m, &file)),
+            #[cfg(not(feature = "eval"))]
+            Command::BenchNotBuilt(_) => not_built("bench"),
+            #[cfg(not(feature = "eval"))]
+            Command::DriftNotBuilt(_) => not_built("drift"),
             Command::Run(a) => run::run(a, &file, t_start),
         }
     };

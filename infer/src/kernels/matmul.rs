@@ -1,5 +1,6 @@
 //! Row-major matrix products. Where the output width is a whole number of vector
-//! registers (16 floats with AVX-512, 8 with AVX2+FMA) our own register-blocked kernels run
+//! registers (16 floats with AVX-512, 8 with AVX2+FMA, 4 with aarch64 NEON) our own
+//! register-blocked kernels run
 //! them straight from the operands: the Winograd and im2col weights are already laid out
 //! as `[K, N]` rows, which is the packed form such a kernel reads, so nothing is copied
 //! or allocated per call (the `gemm` crate repacks both operands into a fresh buffer on
@@ -7,7 +8,7 @@
 //! and CPUs go through `gemm` (AVX-512 / AVX2 / NEON / scalar microkernels, chosen at run
 //! time).
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::isa::{self, Isa};
 
 /// `c = a · b` with `a` m x k (row stride `lda`), `b` k x n (row stride `ldb`) and `c` m x n
@@ -78,6 +79,25 @@ pub fn matmul(
         },
         _ => {}
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa::isa() == Isa::Neon && n.is_multiple_of(4) {
+        // SAFETY: as for x86 above; every aarch64 CPU has NEON (isa() reports Neon only
+        // where it was detected, and Baseline when EDGECP_INFER_ISA asks for the generic
+        // path); n is a multiple of 4.
+        unsafe {
+            return arm::matmul_neon(
+                m,
+                n,
+                k,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                ldb,
+                c.as_mut_ptr(),
+                ldc,
+            );
+        }
+    }
     // SAFETY: the asserts above keep every element gemm touches inside the three slices;
     // `c` is borrowed mutably, so it cannot alias `a` or `b`.
     unsafe {
@@ -110,78 +130,80 @@ pub fn matmul(
 /// broadcast value of each of the MR rows of `a` per step. Columns go in blocks of NV
 /// vectors (outer loop: the block of `b`, `k x NV` vectors, stays in L1 while every row
 /// of `a` passes), rows in blocks of MR, then 4, 2, 1 for the rest.
+///
+/// `kernels!` defines `$tile::<MR, NV>` (one block of c) and `$rows::<NV>` (all rows of a
+/// column block) for one vector type; used by x86_64 and aarch64 (none on other targets).
+#[allow(unused_macros)]
+macro_rules! kernels {
+    ($feat:literal, $v:ty, $w:expr, $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident, $tile:ident, $rows:ident) => {
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $tile<const MR: usize, const NV: usize>(
+            k: usize,
+            a: *const f32,
+            lda: usize,
+            b: *const f32,
+            ldb: usize,
+            c: *mut f32,
+            ldc: usize,
+        ) {
+            let mut acc = [[$zero(); NV]; MR];
+            let mut bp = b;
+            for p in 0..k {
+                let mut bv = [$zero(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = $load(bp.add(v * $w));
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = $set1(*a.add(r * lda + p));
+                    for (x, bx) in row.iter_mut().zip(&bv) {
+                        *x = $fma(av, *bx, *x);
+                    }
+                }
+                bp = bp.add(ldb);
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (v, x) in row.iter().enumerate() {
+                    $store(c.add(r * ldc + v * $w), *x);
+                }
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $rows<const MR: usize, const NV: usize>(
+            m: usize,
+            k: usize,
+            a: *const f32,
+            lda: usize,
+            b: *const f32,
+            ldb: usize,
+            c: *mut f32,
+            ldc: usize,
+        ) {
+            let mut i = 0;
+            while i + MR <= m {
+                $tile::<MR, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
+                i += MR;
+            }
+            while i + 4 <= m {
+                $tile::<4, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
+                i += 4;
+            }
+            while i + 2 <= m {
+                $tile::<2, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
+                i += 2;
+            }
+            if i < m {
+                $tile::<1, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-
-    /// Defines `$tile::<MR, NV>` (one block of c) and `$rows::<NV>` (all rows of a
-    /// column block) for one vector type.
-    macro_rules! kernels {
-        ($feat:literal, $v:ty, $w:expr, $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident, $tile:ident, $rows:ident) => {
-            #[target_feature(enable = $feat)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn $tile<const MR: usize, const NV: usize>(
-                k: usize,
-                a: *const f32,
-                lda: usize,
-                b: *const f32,
-                ldb: usize,
-                c: *mut f32,
-                ldc: usize,
-            ) {
-                let mut acc = [[$zero(); NV]; MR];
-                let mut bp = b;
-                for p in 0..k {
-                    let mut bv = [$zero(); NV];
-                    for (v, x) in bv.iter_mut().enumerate() {
-                        *x = $load(bp.add(v * $w));
-                    }
-                    for (r, row) in acc.iter_mut().enumerate() {
-                        let av = $set1(*a.add(r * lda + p));
-                        for (x, bx) in row.iter_mut().zip(&bv) {
-                            *x = $fma(av, *bx, *x);
-                        }
-                    }
-                    bp = bp.add(ldb);
-                }
-                for (r, row) in acc.iter().enumerate() {
-                    for (v, x) in row.iter().enumerate() {
-                        $store(c.add(r * ldc + v * $w), *x);
-                    }
-                }
-            }
-
-            #[target_feature(enable = $feat)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn $rows<const MR: usize, const NV: usize>(
-                m: usize,
-                k: usize,
-                a: *const f32,
-                lda: usize,
-                b: *const f32,
-                ldb: usize,
-                c: *mut f32,
-                ldc: usize,
-            ) {
-                let mut i = 0;
-                while i + MR <= m {
-                    $tile::<MR, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
-                    i += MR;
-                }
-                while i + 4 <= m {
-                    $tile::<4, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
-                    i += 4;
-                }
-                while i + 2 <= m {
-                    $tile::<2, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
-                    i += 2;
-                }
-                if i < m {
-                    $tile::<1, NV>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc);
-                }
-            }
-        };
-    }
 
     kernels!(
         "avx512f",
@@ -278,6 +300,74 @@ mod x86 {
     }
 }
 
+/// The same kernels on aarch64 Advanced SIMD: 4 floats per register, 32 registers.
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    // the macro's operations, in x86's argument order
+    #[inline(always)]
+    unsafe fn zero() -> float32x4_t {
+        vdupq_n_f32(0.0)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        // a * b + c, one rounding (as _mm256_fmadd_ps)
+        vfmaq_f32(c, a, b)
+    }
+
+    kernels!(
+        "neon",
+        float32x4_t,
+        4,
+        zero,
+        vld1q_f32,
+        vdupq_n_f32,
+        fma,
+        vst1q_f32,
+        tile128,
+        rows128
+    );
+
+    /// [`super::matmul`] with NEON; `n` a multiple of 4. 32 registers: 6 rows x 4 vectors
+    /// (24 accumulators, 4 of b, 1 broadcast), or 8 rows x 2, or 8 rows x 1.
+    ///
+    /// # Safety
+    /// The pointers cover the shapes (as `matmul` asserts).
+    #[target_feature(enable = "neon")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul_neon(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut j = 0;
+        while j < n {
+            let (bj, cj) = (b.add(j), c.add(j));
+            match (n - j) / 4 {
+                1 => {
+                    rows128::<8, 1>(m, k, a, lda, bj, ldb, cj, ldc);
+                    j += 4;
+                }
+                2 | 3 => {
+                    rows128::<8, 2>(m, k, a, lda, bj, ldb, cj, ldc);
+                    j += 8;
+                }
+                _ => {
+                    rows128::<6, 4>(m, k, a, lda, bj, ldb, cj, ldc);
+                    j += 16;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,17 +400,25 @@ mod tests {
     /// Our register-blocked kernels (every instruction set this CPU has, called directly)
     /// against a product in f64, over every row and column blocking they use, with row
     /// strides wider than the rows: within a few roundings, padding untouched.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
     fn register_kernels_match_f64_products() {
         type Kernel =
             unsafe fn(usize, usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize);
         let mut kernels: Vec<(&str, usize, Kernel)> = Vec::new();
-        if isa::detected() >= Isa::Avx512 {
-            kernels.push(("avx512", 16, x86::matmul_avx512));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if isa::detected() >= Isa::Avx512 {
+                kernels.push(("avx512", 16, x86::matmul_avx512));
+            }
+            if isa::detected() >= Isa::Avx2 {
+                kernels.push(("avx2", 8, x86::matmul_avx2));
+            }
         }
-        if isa::detected() >= Isa::Avx2 {
-            kernels.push(("avx2", 8, x86::matmul_avx2));
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert_eq!(isa::detected(), Isa::Neon);
+            kernels.push(("neon", 4, arm::matmul_neon));
         }
         let mut seed = 1u32;
         let mut rnd = move || {
