@@ -13,9 +13,13 @@
 //! 4. [`evaluate`]: error rate, set sizes and empty / singleton / multiple fractions over
 //!    an epsilon grid ([`default_epsilon_grid`]), with `ece` and `mce`.
 //!
+//! 5. [`Aci`]: adaptive conformal inference, the level that keeps the long-run error rate
+//!    at epsilon under shift once labels arrive.
+//!
 //! Embeddings are f32 rows of length `dim` in one row-major slice; labels are `u16` class
 //! indices below `n_classes`; scores and p-values are f64.
 
+mod adaptive;
 mod calibration;
 mod distance;
 mod metrics;
@@ -27,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use adaptive::Aci;
 pub use calibration::{tau_row, Calibration, Counts, PValueMode};
 pub use metrics::{
     default_epsilon_grid, epsilon_grid, evaluate, ClassErrors, EpsilonRow, IcpEvaluation,
@@ -81,6 +86,8 @@ pub enum IcpError {
     InvalidGrid(String),
     #[error("the nonconformity measure has {ncm} classes but the calibration has {calibration}")]
     ClassMismatch { ncm: usize, calibration: usize },
+    #[error("{0}")]
+    InvalidSetting(String),
 }
 
 /// Prediction sets of a batch as bitsets: the classes of one sample.
