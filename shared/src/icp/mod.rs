@@ -16,12 +16,16 @@
 //! 5. [`Aci`]: adaptive conformal inference, the level that keeps the long-run error rate
 //!    at epsilon under shift once labels arrive.
 //!
+//! 6. [`martingale`]: online exchangeability tests (conformal test martingales) in bounded
+//!    memory, for drift monitors that run on every answer.
+//!
 //! Embeddings are f32 rows of length `dim` in one row-major slice; labels are `u16` class
 //! indices below `n_classes`; scores and p-values are f64.
 
 mod adaptive;
 mod calibration;
 mod distance;
+pub mod martingale;
 mod metrics;
 mod ncm;
 pub(crate) mod simd;
