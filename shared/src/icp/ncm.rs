@@ -329,6 +329,37 @@ impl Ncm {
         Ok(())
     }
 
+    /// The label-free score of one input from its row of class scores (as
+    /// [`Ncm::scores`] gives them): the score of its most conforming label,
+    /// `min_y alpha(x, y)`, in `[0, 1]`. For the ratio measures that is `d1 / d2` (nearest
+    /// over second nearest: 1 when the input sits halfway between two classes); for k-NN
+    /// it is the share of the k neighbours outside the majority class. It needs no label,
+    /// so every answer has one; calibrated on the calibration split it feeds a test of
+    /// whether inputs still look like the calibration inputs (issue 19's drift monitor).
+    /// It sees a change of the inputs as the embedding sees them, never a change of the
+    /// labels given the inputs.
+    pub fn label_free_score(&self, row: &[f64]) -> f64 {
+        let min = row.iter().copied().fold(f64::INFINITY, f64::min);
+        let s = match self.kind() {
+            NcmKind::Knn { k } => min / k.max(1) as f64,
+            NcmKind::NearestCentroid | NcmKind::NearestNeighbourRatio => min,
+        };
+        if s.is_nan() {
+            1.0
+        } else {
+            s.clamp(0.0, 1.0)
+        }
+    }
+
+    /// [`Ncm::label_free_score`] of every embedding (e.g. the calibration split's).
+    pub fn label_free_scores(&self, embeddings: &[f32]) -> Result<Vec<f64>, IcpError> {
+        let all = self.scores(embeddings)?;
+        Ok(all
+            .chunks_exact(self.n_classes.max(1))
+            .map(|row| self.label_free_score(row))
+            .collect())
+    }
+
     /// `alpha(x_i, y_i)` for labelled examples, e.g. the calibration scores.
     pub fn label_scores(&self, embeddings: &[f32], labels: &[u16]) -> Result<Vec<f64>, IcpError> {
         let n = self.check_queries(embeddings)?;
@@ -568,4 +599,33 @@ pub(crate) fn check_rows(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod label_free_tests {
+    use super::*;
+
+    /// Two classes on a line (centroids at 0 and 10): the label-free score is d1 / d2,
+    /// 0 at a centroid, 1 halfway, whatever the label; k-NN's is the minority share.
+    #[test]
+    fn label_free_scores_are_the_most_conforming_label_s_in_0_1() {
+        let c = Ncm::from_centroids(vec![0.0, 10.0], 1, 2).unwrap();
+        let s = c.label_free_scores(&[0.0, 2.0, 5.0, 8.0, 10.0]).unwrap();
+        let want = [0.0, 0.25, 1.0, 0.25, 0.0];
+        for (g, w) in s.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{s:?}");
+        }
+        // far outside, on one side: d1/d2 goes to 1 as well (both far), never above
+        let far = c.label_free_scores(&[1e6]).unwrap()[0];
+        assert!(far > 0.99 && far <= 1.0, "{far}");
+
+        let refs = [0.0f32, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0];
+        let labels = [0u16, 0, 0, 1, 1, 1, 1, 1];
+        let knn = Ncm::fit(NcmKind::Knn { k: 4 }, &refs, &labels, 1, 2).unwrap();
+        let s = knn.label_free_scores(&[1.0, 2.5, 11.5]).unwrap();
+        // neighbours of 1.0: 0,1,2 (class 0) and 3 (class 1): 1 of 4 outside the majority
+        assert!((s[0] - 0.25).abs() < 1e-12, "{s:?}");
+        assert!(s.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!((s[2] - 0.0).abs() < 1e-12, "{s:?}");
+    }
 }
