@@ -37,8 +37,10 @@ for t in "${targets[@]}"; do
   cross/build.sh "$t"
   built=$(date +%s)
   cross_log "unit tests of shared, infer and edge-agent for $t under qemu"
-  cross_cargo "$t" test --profile device -p shared -p infer -p edge-agent --lib --no-fail-fast -- "$@"
-  cross_cargo "$t" test --profile device -p infer --test parity --no-fail-fast -- "$@"
+  # one cargo run: the test binaries' LTO links (one core each) overlap with each other
+  # and with tract's build for the parity tests
+  cross_cargo "$t" test --profile device -p shared -p infer -p edge-agent --lib --test parity \
+    --no-fail-fast -- "$@"
   tested=$(date +%s)
   cross_log "end-to-end under qemu: $t"
   EDGECP_CROSS_TARGET=$t EDGECP_CROSS_AGENT=$CROSS_TARGET_DIR/dist/$t/edge-agent \
