@@ -122,6 +122,19 @@ fn emulated_agent_takes_a_rollout_and_answers_as_x86_does() {
     std::fs::write(&config, cfg).unwrap();
     let mut program: Vec<String> = runner.split_whitespace().map(str::to_string).collect();
     program.push(bin.clone());
+
+    // a device build leaves out the workstation measurements, and says so
+    let out = std::process::Command::new(&program[0])
+        .args(&program[1..])
+        .arg("drift")
+        .output()
+        .unwrap_or_else(|e| panic!("running {program:?}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not in this build") && err.contains("eval"),
+        "{err}"
+    );
     let spec = AgentSpec {
         device: "arm-1".into(),
         fleet: FLEET.into(),
