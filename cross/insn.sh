@@ -23,9 +23,12 @@ for t in "${targets[@]}"; do
     armv7-unknown-linux-musleabihf) qemu=(env QEMU_CPU=cortex-a7 qemu-arm) ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
+  # tract on the target: --cfg edgecp_tract brings infer's tract dev-dependency back (the
+  # changed flags rebuild the dependencies once, apart from cross/test.sh's)
+  tract=(--config "target.${t%%.2.*}.rustflags=[\"--cfg\", \"edgecp_tract\"]")
   EDGECP_WRITE_MODEL=$work/model.onnx cross_cargo "$t" test --profile device -p infer --test parity \
-    -- --ignored --exact write_exporter_model >&2
-  cross_cargo "$t" build --profile device -p infer --example insn_bench >&2
+    "${tract[@]}" -- --ignored --exact write_exporter_model >&2
+  cross_cargo "$t" build --profile device -p infer --example insn_bench "${tract[@]}" >&2
   bench=$(cross_out "$t")/device/examples/insn_bench
   count() { # ENGINE N [ENV...]: instructions of one run
     local out=$work/count

@@ -31,6 +31,20 @@ runner_of() {
   esac
 }
 
+# infer's parity tests compare with tract; on the targets they read tract's outputs,
+# computed on x86 by the same seeded cases (so tract is not built per target).
+# scripts/test.sh has its x86 `cargo test` write them (EDGECP_PARITY_FIXTURES); run by
+# hand, this computes them first.
+fixtures=${EDGECP_PARITY_FIXTURES:-}
+if [ -z "$fixtures" ] || [ -z "$(ls -A "$fixtures" 2>/dev/null)" ]; then
+  fixtures=$CROSS_TARGET_DIR/parity-fixtures
+  rm -rf "$fixtures"
+  cross_log "tract's outputs for the parity tests, on x86"
+  EDGECP_PARITY_WRITE=$fixtures cargo test -p infer --test parity -- --exact \
+    matches_tract_on_networks_of_every_shape
+fi
+export EDGECP_PARITY_FIXTURES=$fixtures
+
 times=()
 for t in "${targets[@]}"; do
   start=$(date +%s)

@@ -110,7 +110,11 @@ step "cargo build --bins (the end-to-end tests in tests/ drive these binaries)"
 cargo build --workspace --bins --features "$AGENT_FEATURES"
 
 step "cargo test"
-cargo test --workspace --features "$AGENT_FEATURES" --no-fail-fast "$@"
+# infer's parity tests also save tract's outputs, which cross/test.sh's emulated parity
+# tests compare with (tract is then not built for each device target)
+export EDGECP_PARITY_FIXTURES=$EDGECP_CACHE/parity-fixtures
+rm -rf "$EDGECP_PARITY_FIXTURES"
+EDGECP_PARITY_WRITE=$EDGECP_PARITY_FIXTURES cargo test --workspace --features "$AGENT_FEATURES" --no-fail-fast "$@"
 
 # The agent's `ort` feature loads onnxruntime at run time: the test venv's wheel carries
 # the shared library, so the feature's tests run here on CPU.

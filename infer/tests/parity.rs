@@ -218,7 +218,53 @@ fn build(net: &Net, rng: &mut ChaCha8Rng) -> Model {
     }
 }
 
+/// A name for one (model, input) case: FNV-1a over the model bytes and the input bits.
+fn case_key(bytes: &[u8], x: &[f32]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let words = x.iter().flat_map(|v| v.to_bits().to_le_bytes());
+    for b in bytes.iter().copied().chain(words) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}.f32")
+}
+
+/// tract's output for the case, and with `EDGECP_PARITY_WRITE=DIR` also saved as a
+/// fixture for the device targets (cross/test.sh writes them on x86 first).
+#[cfg(any(not(edgecp_cross), edgecp_tract))]
 fn tract_embed(bytes: &[u8], side: usize, x: &[f32]) -> Vec<f32> {
+    let y = tract_run(bytes, side, x);
+    if let Ok(dir) = std::env::var("EDGECP_PARITY_WRITE") {
+        let path = std::path::Path::new(&dir).join(case_key(bytes, x));
+        let raw: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::create_dir_all(&dir).expect("fixture folder");
+        std::fs::write(&path, raw).expect("write a fixture");
+    }
+    y
+}
+
+/// On a device target without tract: tract's output for the case as x86 computed it
+/// (`EDGECP_PARITY_FIXTURES=DIR`, written by the same test on x86 with
+/// `EDGECP_PARITY_WRITE=DIR`). Models and inputs come from seeded generators, so both
+/// sides build the same cases.
+#[cfg(all(edgecp_cross, not(edgecp_tract)))]
+fn tract_embed(bytes: &[u8], _side: usize, x: &[f32]) -> Vec<f32> {
+    let dir = std::env::var("EDGECP_PARITY_FIXTURES").expect(
+        "EDGECP_PARITY_FIXTURES: the folder of tract's x86 outputs (cross/test.sh writes it)",
+    );
+    let path = std::path::Path::new(&dir).join(case_key(bytes, x));
+    let raw = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "no x86 tract output for this case at {}: {e}",
+            path.display()
+        )
+    });
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[cfg(any(not(edgecp_cross), edgecp_tract))]
+fn tract_run(bytes: &[u8], side: usize, x: &[f32]) -> Vec<f32> {
     use tract_onnx::prelude::*;
     let n = x.len() / (side * side * 3);
     let plan = tract_onnx::onnx()
