@@ -201,6 +201,53 @@ macro_rules! kernels {
     };
 }
 
+/// `matmul32!` defines the column loop of an instruction set with 32 vector registers
+/// (AVX-512, aarch64 NEON) over the `$rows` kernels of `kernels!`: blocks of 6 rows x 4
+/// vectors (24 accumulators, 4 of b, 1 broadcast), or 12 rows x 2, or 8 rows x 1. Each
+/// element's sum runs over k in order whatever the blocking.
+#[allow(unused_macros)]
+macro_rules! matmul32 {
+    ($(#[$doc:meta])* $feat:literal, $w:literal, $rows:ident, $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU has the instruction set; the pointers cover the shapes (as `matmul`
+        /// asserts).
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(
+            m: usize,
+            n: usize,
+            k: usize,
+            a: *const f32,
+            lda: usize,
+            b: *const f32,
+            ldb: usize,
+            c: *mut f32,
+            ldc: usize,
+        ) {
+            let mut j = 0;
+            while j < n {
+                let (bj, cj) = (b.add(j), c.add(j));
+                match (n - j) / $w {
+                    1 => {
+                        $rows::<8, 1>(m, k, a, lda, bj, ldb, cj, ldc);
+                        j += $w;
+                    }
+                    2 | 3 => {
+                        $rows::<12, 2>(m, k, a, lda, bj, ldb, cj, ldc);
+                        j += 2 * $w;
+                    }
+                    _ => {
+                        $rows::<6, 4>(m, k, a, lda, bj, ldb, cj, ldc);
+                        j += 4 * $w;
+                    }
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -230,43 +277,13 @@ mod x86 {
         rows256
     );
 
-    /// [`super::matmul`] with AVX-512F; `n` a multiple of 16. 32 registers: 6 rows x 4
-    /// vectors (24 accumulators, 4 of b), or 12 rows x 2 vectors, or 8 rows x 1.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; the pointers cover the shapes (as `matmul` asserts).
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn matmul_avx512(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
-        let mut j = 0;
-        while j < n {
-            let (bj, cj) = (b.add(j), c.add(j));
-            match (n - j) / 16 {
-                1 => {
-                    rows512::<8, 1>(m, k, a, lda, bj, ldb, cj, ldc);
-                    j += 16;
-                }
-                2 | 3 => {
-                    rows512::<12, 2>(m, k, a, lda, bj, ldb, cj, ldc);
-                    j += 32;
-                }
-                _ => {
-                    rows512::<6, 4>(m, k, a, lda, bj, ldb, cj, ldc);
-                    j += 64;
-                }
-            }
-        }
-    }
+    matmul32!(
+        /// [`super::matmul`] with AVX-512F; `n` a multiple of 16.
+        "avx512f",
+        16,
+        rows512,
+        matmul_avx512
+    );
 
     /// [`super::matmul`] with AVX2 + FMA; `n` a multiple of 8. 16 registers: 6 rows x 2
     /// vectors (12 accumulators, 2 of b, 1 broadcast), or 8 rows x 1.
@@ -329,43 +346,13 @@ mod arm {
         rows128
     );
 
-    /// [`super::matmul`] with NEON; `n` a multiple of 4. 32 registers: 6 rows x 4 vectors
-    /// (24 accumulators, 4 of b, 1 broadcast), or 8 rows x 2, or 8 rows x 1.
-    ///
-    /// # Safety
-    /// The pointers cover the shapes (as `matmul` asserts).
-    #[target_feature(enable = "neon")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn matmul_neon(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
-        let mut j = 0;
-        while j < n {
-            let (bj, cj) = (b.add(j), c.add(j));
-            match (n - j) / 4 {
-                1 => {
-                    rows128::<8, 1>(m, k, a, lda, bj, ldb, cj, ldc);
-                    j += 4;
-                }
-                2 | 3 => {
-                    rows128::<8, 2>(m, k, a, lda, bj, ldb, cj, ldc);
-                    j += 8;
-                }
-                _ => {
-                    rows128::<6, 4>(m, k, a, lda, bj, ldb, cj, ldc);
-                    j += 16;
-                }
-            }
-        }
-    }
+    matmul32!(
+        /// [`super::matmul`] with NEON; `n` a multiple of 4.
+        "neon",
+        4,
+        rows128,
+        matmul_neon
+    );
 }
 
 #[cfg(test)]
