@@ -23,11 +23,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde::Serializer;
 
+use shared::icp::martingale::PowerMartingale;
+
 use crate::model::loader::LoadedModel;
 use crate::monitoring::stats::clopper_pearson;
-
-/// Mixture grid of the power martingale's betting exponents k.
-const K_GRID: usize = 20;
 
 /// Settings of the monitor.
 #[derive(Clone, Debug)]
@@ -146,9 +145,10 @@ struct State {
     epsilon_sum: f64,
     /// Sorted scores: one bag (pooled) or one per class (Mondrian).
     bags: Vec<Vec<f64>>,
-    log_m: [f64; K_GRID],
+    /// The mixture of power martingales (shared::icp::martingale); its crossing of 1/delta
+    /// is the alarm, counted in labelled examples (it bets once per feedback).
+    martingale: PowerMartingale,
     rng: ChaCha8Rng,
-    alarm_after: Option<u64>,
     resets: u64,
 }
 
@@ -168,10 +168,6 @@ impl std::fmt::Debug for Monitor {
             .field("model_id", &self.model_id)
             .finish_non_exhaustive()
     }
-}
-
-fn k_of(i: usize) -> f64 {
-    (i as f64 + 0.5) / K_GRID as f64
 }
 
 impl Monitor {
@@ -210,9 +206,8 @@ impl Monitor {
                 errors: 0,
                 epsilon_sum: 0.0,
                 bags: bags.clone(),
-                log_m: [0.0; K_GRID],
+                martingale: PowerMartingale::new(),
                 rng: ChaCha8Rng::seed_from_u64(cfg.seed),
-                alarm_after: None,
                 resets: 0,
             }),
             calibration: bags,
@@ -242,8 +237,7 @@ impl Monitor {
         s.errors = 0;
         s.epsilon_sum = 0.0;
         s.bags = self.calibration.clone();
-        s.log_m = [0.0; K_GRID];
-        s.alarm_after = None;
+        s.martingale = PowerMartingale::new();
         s.resets += 1;
         tracing::warn!(
             model_id = %self.model_id,
@@ -333,22 +327,12 @@ impl Monitor {
         let bag = &mut s.bags[bi];
         let at = bag.partition_point(|&v| v < alpha);
         bag.insert(at, alpha);
-        // p > 0 unless tau == 0 exactly; keep the logarithm finite
-        let lp = p.max(f64::MIN_POSITIVE).ln();
-        for (i, m) in s.log_m.iter_mut().enumerate() {
-            let k = k_of(i);
-            *m += k.ln() + (k - 1.0) * lp;
-        }
-        let log_m = log_mean_exp(&s.log_m);
-        let fired = s.alarm_after.is_none() && log_m >= -self.cfg.delta.ln();
-        if fired {
-            s.alarm_after = Some(s.feedback);
-        }
+        let fired = s.martingale.bet(p, -self.cfg.delta.ln());
         if fired && self.cfg.log_alarm {
             tracing::warn!(
                 model_id = %self.model_id,
                 after = s.feedback,
-                martingale = log_m.exp(),
+                martingale = s.martingale.log_value().exp(),
                 threshold = 1.0 / self.cfg.delta,
                 "validity: the conformal test martingale crossed 1/delta: the data no longer look exchangeable with the calibration data (drift)"
             );
@@ -368,7 +352,7 @@ impl Monitor {
         } else {
             s.epsilon_sum / s.feedback as f64
         };
-        let log_m = log_mean_exp(&s.log_m);
+        let log_m = s.martingale.log_value();
         ValiditySnapshot {
             model_id: self.model_id.clone(),
             feedback: s.feedback,
@@ -386,21 +370,12 @@ impl Monitor {
             martingale: log_m.exp(),
             log10_martingale: log_m / std::f64::consts::LN_10,
             alarm_threshold: 1.0 / self.cfg.delta,
-            alarm: s.alarm_after.is_some(),
-            alarm_after: s.alarm_after,
+            alarm: s.martingale.crossed_after.is_some(),
+            alarm_after: s.martingale.crossed_after,
             pending: s.pending.len(),
             resets: s.resets,
         }
     }
-}
-
-fn log_mean_exp(v: &[f64]) -> f64 {
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return max;
-    }
-    let s: f64 = v.iter().map(|x| (x - max).exp()).sum();
-    max + (s / v.len() as f64).ln()
 }
 
 #[cfg(test)]
