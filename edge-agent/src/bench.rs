@@ -45,6 +45,57 @@ fn ppm(side: usize, px: &[u8]) -> Vec<u8> {
     v
 }
 
+/// What the monitors add, as the HTTP service runs them: per answer the label-free test,
+/// the pending prediction kept for its label and the ACI level and cut; per label the
+/// true-label score, the labelled martingale and the ACI update (no state file). Returns
+/// microseconds (per answer, per label), means over a few thousand.
+fn monitor_cost(
+    model: &edge_agent::model::loader::LoadedModel,
+    x: &[f32],
+    per: usize,
+    eps: f64,
+) -> Result<(f64, f64)> {
+    use edge_agent::monitoring::adaptive::{AdaptiveConfig, DEFAULT_GAMMA};
+    use edge_agent::monitoring::validity::{Monitor, PredictionId, ValidityConfig};
+    let g = x.len() / per.max(1);
+    let (answers, emb) = pipeline::answer(model, x, eps)?;
+    let dim = model.predictor.dim();
+    let cfg = ValidityConfig {
+        log_alarm: false,
+        adaptive: Some(AdaptiveConfig {
+            gamma: DEFAULT_GAMMA,
+            state_file: None,
+        }),
+        ..ValidityConfig::default()
+    };
+    let monitor = Monitor::for_model(model, cfg);
+    let names = model.predictor.class_names();
+    let n = 5000;
+    let mut ids = Vec::with_capacity(n);
+    let t = Instant::now();
+    for i in 0..n {
+        let k = i % g.max(1);
+        let mut a = answers[k].clone();
+        monitor.inputs().observe(&[a.label_free]);
+        if let Some(level) = monitor.adaptive().and_then(|ad| ad.level(eps)) {
+            a.cut_at(level, names);
+        }
+        let id = PredictionId::random();
+        monitor.record(id, &emb[k * dim..(k + 1) * dim], &a.set, eps);
+        ids.push((id, model.golden.labels[k]));
+        std::hint::black_box(&a);
+    }
+    let per_answer = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    for (id, label) in &ids {
+        monitor
+            .feedback(&id.to_string(), *label, model)
+            .map_err(|e| anyhow::anyhow!("feedback in the benchmark: {e}"))?;
+    }
+    let per_label = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    Ok((per_answer, per_label))
+}
+
 /// Starts `serve` on loopback, times process start -> first answer, then reads its RSS
 /// after 200 requests.
 fn serve_figures(r: &Resolved, body: &[u8]) -> Result<(f64, f64)> {
@@ -187,6 +238,7 @@ pub fn run(
     };
     let raw = time_b1(false)?;
     let dec = time_b1(true)?;
+    let (answer_us, label_us) = monitor_cost(&model, &x, per, eps)?;
     let xb: Vec<f32> = x.iter().copied().cycle().take(64 * per).collect();
     for _ in 0..3 {
         pipeline::answer(&model, &xb, eps)?;
@@ -212,6 +264,9 @@ pub fn run(
         "p50_b1_decode_us": percentile(&dec, 0.5),
         "p99_b1_decode_us": percentile(&dec, 0.99),
         "throughput_b64": thr,
+        "monitors_us_per_answer": answer_us,
+        "monitors_share_of_p50_b1": answer_us / p50,
+        "monitors_us_per_label": label_us,
         "baseline": baseline,
         "p50_b1_ratio": their_p50.map(|t| t / p50),
         "throughput_b64_ratio": their_thr.map(|t| thr / t),
@@ -229,6 +284,10 @@ pub fn run(
             thr,
             rss_mb,
             cold_ms
+        );
+        eprintln!(
+            "monitors: {answer_us:.2} us per answer ({:.2} % of the batch-1 p50: label-free test, pending prediction, ACI level and cut), {label_us:.1} us per label (true-label score, labelled martingale, ACI update)",
+            100.0 * answer_us / p50
         );
     }
     println!("{figures}");

@@ -22,6 +22,8 @@
 //! body_read_timeout_ms = 5000
 //! [validity]
 //! delta = 0.01
+//! adaptive = "aci"          # opt-in: labels from /v1/feedback move the sets' levels
+//! aci_gamma = 0.005
 //!
 //! # edge-agent run: rollouts over MQTT (`bundle` is then the factory model of a first start)
 //! device_id = "cam-0042"
@@ -98,6 +100,12 @@ pub struct ValiditySection {
     pub delta: Option<f64>,
     pub ci_alpha: Option<f64>,
     pub max_pending: Option<usize>,
+    /// `off` (default) or `aci`: adaptive calibration from labels.
+    pub adaptive: Option<crate::monitoring::adaptive::AdaptiveMode>,
+    /// ACI step size.
+    pub aci_gamma: Option<f64>,
+    /// Where the ACI state survives restarts (`edge-agent run`: `<data_dir>/aci.json`).
+    pub aci_state_file: Option<PathBuf>,
 }
 
 /// Trusted public keys by role (`edge-agent run`): bundle keys verify bundles, command

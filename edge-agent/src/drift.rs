@@ -1,12 +1,22 @@
-//! `edge-agent drift`: the online validity monitor on real labelled images. Streams drawn
-//! from a dataset split (as `trainer ingest` writes it), each in its own random order, go
-//! through the served model and the monitor with their true labels, as `POST /v1/feedback`
-//! would deliver them:
+//! `edge-agent drift`: the online monitors on real images. Streams drawn from a dataset
+//! split (as `trainer ingest` writes it), each in its own random order, go through the
+//! served model and three things an agent does with them:
 //!
+//! 1. the label-free drift monitor (`monitoring::inputs`): every answer's label-free score,
+//!    no labels at all; the inputs it needed to alarm are reported;
+//! 2. the labelled validity monitor (`monitoring::validity`), with the true labels as
+//!    `POST /v1/feedback` would deliver them; the labels it needed are reported;
+//! 3. adaptive conformal inference (`shared::icp::Aci`) against static calibration: the
+//!    stream's error rate and mean set size at each `--aci-epsilons` level.
+//!
+//! The streams:
 //! - `none`: the images as they are: exchangeable with the calibration data as far as the
 //!   split is, so alarms should come in at most a fraction delta of the streams;
+//! - `dark-tracks`: a real shift of capture conditions: only the quarter of the split's
+//!   tracks (physical signs) whose frames are darkest on average (dusk, shade, backlight),
+//!   unchanged, as a camera placed in such conditions would see them;
 //! - `darken` (pixels x 0.3), `rotate` (180 degrees), `noise` (uniform +-64 per channel):
-//!   shifted inputs, where the alarm should fire; the labels it needed are reported.
+//!   synthetic shifts of every image.
 //!
 //! Each image is embedded once per shift (batched); the streams then replay the scores.
 
@@ -15,11 +25,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use edge_agent::model::loader::LoadedModel;
+use edge_agent::monitoring::inputs::InputMonitor;
 use edge_agent::monitoring::validity::{Monitor, ValidityConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
+use shared::icp::Aci;
 
 use crate::{load_model, ModelArgs, Resolved};
 
@@ -37,7 +49,8 @@ pub struct DriftArgs {
     /// Streams per shift (each a fresh monitor and a fresh random order).
     #[arg(long, default_value_t = 20)]
     pub streams: usize,
-    /// Labelled images per stream (at most the split's size).
+    /// Images per stream, at most the shift's images (labels for the labelled monitor, plain
+    /// inputs for the label-free one, the stream length for ACI).
     #[arg(long, default_value_t = 1000)]
     pub labels: usize,
     /// Alarm level: the martingale reaching 1/delta.
@@ -49,23 +62,37 @@ pub struct DriftArgs {
     /// Print one JSON object (last line).
     #[arg(long)]
     pub json: bool,
+    /// Step size gamma of adaptive conformal inference.
+    #[arg(long, default_value_t = 0.005)]
+    pub gamma: f64,
+    /// Target error rates at which ACI is compared with static calibration.
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.05,0.1")]
+    pub aci_epsilons: Vec<f64>,
 }
 
 /// How an image is changed before it is answered.
 #[derive(Clone, Copy, Debug)]
 enum Shift {
     None,
+    DarkTracks,
     Darken,
     Rotate,
     Noise,
 }
 
 impl Shift {
-    const ALL: [Shift; 4] = [Shift::None, Shift::Darken, Shift::Rotate, Shift::Noise];
+    const ALL: [Shift; 5] = [
+        Shift::None,
+        Shift::DarkTracks,
+        Shift::Darken,
+        Shift::Rotate,
+        Shift::Noise,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Shift::None => "none",
+            Shift::DarkTracks => "dark-tracks",
             Shift::Darken => "darken",
             Shift::Rotate => "rotate",
             Shift::Noise => "noise",
@@ -75,7 +102,7 @@ impl Shift {
     /// The model input (f32 raw pixels) of one u8 RGB image.
     fn apply(self, px: &[u8], rng: &mut ChaCha8Rng) -> Vec<f32> {
         match self {
-            Shift::None => px.iter().map(|&v| f32::from(v)).collect(),
+            Shift::None | Shift::DarkTracks => px.iter().map(|&v| f32::from(v)).collect(),
             Shift::Darken => px.iter().map(|&v| (f32::from(v) * 0.3).round()).collect(),
             // 180 degrees: the pixel order reversed, each pixel's RGB kept
             Shift::Rotate => px
@@ -92,15 +119,56 @@ impl Shift {
     }
 }
 
-/// True-label scores and misses of every image of the split under one shift.
+/// The images a shift streams: the darkest quarter of the tracks for `dark-tracks` (at
+/// least one track), every image otherwise.
+fn members(set: &shared::data::ImageSet, shift: Shift) -> Vec<usize> {
+    if !matches!(shift, Shift::DarkTracks) {
+        return (0..set.len()).collect();
+    }
+    let mut by_track: std::collections::BTreeMap<&str, (f64, u64)> = Default::default();
+    for i in 0..set.len() {
+        let px = set.image(i);
+        let e = by_track.entry(set.tracks[i].as_str()).or_default();
+        e.0 += px.iter().map(|&v| f64::from(v)).sum::<f64>();
+        e.1 += px.len() as u64;
+    }
+    let mut tracks: Vec<(&str, f64)> = by_track
+        .into_iter()
+        .map(|(t, (sum, n))| (t, sum / n.max(1) as f64))
+        .collect();
+    tracks.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
+    let keep: std::collections::HashSet<&str> = tracks
+        .iter()
+        .take(tracks.len().div_ceil(4))
+        .map(|t| t.0)
+        .collect();
+    (0..set.len())
+        .filter(|&i| keep.contains(set.tracks[i].as_str()))
+        .collect()
+}
+
+/// What the streams replay, per image of the split under one shift.
+struct Scored {
+    /// True-label nonconformity scores (the labelled monitor).
+    alphas: Vec<f64>,
+    /// Whether the set at the bundle's epsilon missed the label.
+    misses: Vec<bool>,
+    /// Label-free scores (the label-free monitor).
+    free: Vec<f64>,
+    /// p-values of every class, `n x C` (ACI and static sets).
+    p: Vec<f64>,
+}
+
 fn scores(
     model: &LoadedModel,
     set: &shared::data::ImageSet,
     shift: Shift,
     epsilon: f64,
-) -> Result<(Vec<f64>, Vec<bool>)> {
+) -> Result<Scored> {
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let (mut alphas, mut misses) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
+    let mut free = Vec::with_capacity(set.len());
+    let mut p = Vec::with_capacity(set.len() * model.predictor.n_classes());
     let idx: Vec<usize> = (0..set.len()).collect();
     for chunk in idx.chunks(64) {
         let x: Vec<f32> = chunk
@@ -113,9 +181,42 @@ fn scores(
             let label = set.labels[i];
             alphas.push(model.predictor.score(&emb[k * dim..(k + 1) * dim], label)?);
             misses.push(!answers[k].set.contains(&label));
+            free.push(answers[k].label_free);
+            p.extend_from_slice(&answers[k].p_values);
         }
     }
-    Ok((alphas, misses))
+    Ok(Scored {
+        alphas,
+        misses,
+        free,
+        p,
+    })
+}
+
+/// ACI against static calibration over one stream (`order`) at target `eps`: (static
+/// error rate, static mean set size, ACI error rate, ACI mean set size).
+fn aci_stream(
+    p: &[f64],
+    labels: &[u16],
+    c: usize,
+    order: &[usize],
+    eps: f64,
+    gamma: f64,
+) -> Result<[f64; 4]> {
+    let mut aci = Aci::new(eps, gamma)?;
+    let mut sums = [0.0; 4];
+    for &i in order {
+        let row = &p[i * c..(i + 1) * c];
+        let p_true = row[usize::from(labels[i])];
+        let level = aci.level();
+        let err = Aci::is_error(p_true, level);
+        sums[0] += f64::from(u8::from(Aci::is_error(p_true, eps)));
+        sums[1] += row.iter().filter(|&&v| v > eps).count() as f64;
+        sums[2] += f64::from(u8::from(err));
+        sums[3] += row.iter().filter(|&&v| v > level).count() as f64;
+        aci.update(err, 0);
+    }
+    Ok(sums.map(|s| s / order.len().max(1) as f64))
 }
 
 fn median(v: &mut [u64]) -> Option<u64> {
@@ -126,6 +227,12 @@ fn median(v: &mut [u64]) -> Option<u64> {
 pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> Result<ExitCode> {
     if !(a.delta > 0.0 && a.delta < 1.0) {
         bail!("--delta {} is outside (0, 1)", a.delta);
+    }
+    if !(a.gamma > 0.0 && a.gamma <= 1.0) {
+        bail!("--gamma {} is outside (0, 1]", a.gamma);
+    }
+    if let Some(e) = a.aci_epsilons.iter().find(|e| !(**e > 0.0 && **e < 1.0)) {
+        bail!("--aci-epsilons: {e} is outside (0, 1)");
     }
     let r = resolve(&a.model)?;
     let model = load_model(&r)?;
@@ -160,15 +267,24 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
     if set.is_empty() {
         bail!("{}: the {} split is empty", a.data, a.split);
     }
-    let n = a.labels.min(set.len());
+    let calibration_free = model.predictor.label_free_calibration();
+    if calibration_free.is_none() && !a.json {
+        eprintln!("note: the bundle has no label-free calibration scores (trained before they were written): the label-free monitor is skipped");
+    }
+    let c = model.predictor.n_classes();
     let mut rows = vec![];
     for shift in Shift::ALL {
-        let (alphas, misses) = scores(&model, &set, shift, epsilon)?;
-        let error_rate = misses.iter().filter(|&&m| m).count() as f64 / misses.len() as f64;
-        let mut needed = vec![];
+        let m = members(&set, shift);
+        let n = a.labels.min(m.len());
+        let sc = scores(&model, &set, shift, epsilon)?;
+        let error_rate = m.iter().filter(|&&i| sc.misses[i]).count() as f64 / m.len().max(1) as f64;
+        let (mut needed, mut free_needed) = (vec![], vec![]);
+        let mut aci = vec![[0.0f64; 4]; a.aci_epsilons.len()];
+        let mut aci_worst = vec![0.0f64; a.aci_epsilons.len()];
         for s in 0..a.streams {
-            let mut order: Vec<usize> = (0..set.len()).collect();
+            let mut order = m.clone();
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(1_000 + s as u64));
+            order.truncate(n);
             let cfg = ValidityConfig {
                 delta: a.delta,
                 seed: s as u64,
@@ -176,38 +292,105 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
                 ..ValidityConfig::default()
             };
             let monitor = Monitor::for_model(&model, cfg);
-            for (k, &i) in order.iter().take(n).enumerate() {
+            for (k, &i) in order.iter().enumerate() {
                 if monitor
-                    .observe(alphas[i], set.labels[i], misses[i], epsilon)
+                    .observe(sc.alphas[i], set.labels[i], sc.misses[i], epsilon)
                     .alarm
                 {
                     needed.push(k as u64 + 1);
                     break;
                 }
             }
+            if calibration_free.is_some() {
+                let inputs =
+                    InputMonitor::new(model.model_id(), calibration_free, a.delta, s as u64, false);
+                for (k, &i) in order.iter().enumerate() {
+                    if inputs.observe(&[sc.free[i]]) {
+                        free_needed.push(k as u64 + 1);
+                        break;
+                    }
+                }
+            }
+            for (j, &eps) in a.aci_epsilons.iter().enumerate() {
+                let r = aci_stream(&sc.p, &set.labels, c, &order, eps, a.gamma)?;
+                for (acc, v) in aci[j].iter_mut().zip(r) {
+                    *acc += v / a.streams.max(1) as f64;
+                }
+                aci_worst[j] = aci_worst[j].max((r[2] - eps).abs());
+            }
         }
         let alarms = needed.len();
         let max = needed.iter().copied().max();
         let med = median(&mut needed);
+        let free_alarms = free_needed.len();
+        let free_max = free_needed.iter().copied().max();
+        let free_med = median(&mut free_needed);
+        let per = |med: Option<u64>, max: Option<u64>, what: &str| {
+            med.map_or(String::new(), |m| {
+                format!(", after {m} {what} (median), {} (max)", max.unwrap_or(m))
+            })
+        };
         if !a.json {
             eprintln!(
-                "{:>6}: error rate {error_rate:.4} at epsilon {epsilon}; alarm in {alarms} of {} streams of {n} labels{}",
+                "{:>11}: {} images, error rate {error_rate:.4} at epsilon {epsilon}",
                 shift.name(),
-                a.streams,
-                med.map_or(String::new(), |m| format!(
-                    ", after {m} labels (median), {} (max)",
-                    max.unwrap_or(m)
-                ))
+                m.len(),
             );
+            if calibration_free.is_some() {
+                eprintln!(
+                    "{:>11}  label-free alarm in {free_alarms} of {} streams of {n} inputs{}",
+                    "",
+                    a.streams,
+                    per(free_med, free_max, "inputs")
+                );
+            }
+            eprintln!(
+                "{:>11}  labelled alarm in {alarms} of {} streams of {n} labels{}",
+                "",
+                a.streams,
+                per(med, max, "labels")
+            );
+            for (j, eps) in a.aci_epsilons.iter().enumerate() {
+                let [se, ss, ae, asz] = aci[j];
+                eprintln!(
+                    "{:>11}  epsilon {eps}: static error {se:.4} (set {ss:.2}), ACI gamma {} error {ae:.4} (set {asz:.2}, worst stream |error - epsilon| {:.4})",
+                    "", a.gamma, aci_worst[j]
+                );
+            }
         }
+        let aci_rows: Vec<_> = a
+            .aci_epsilons
+            .iter()
+            .zip(&aci)
+            .zip(&aci_worst)
+            .map(|((eps, r), worst)| {
+                json!({
+                    "epsilon": eps,
+                    "static_error_rate": r[0],
+                    "static_mean_set_size": r[1],
+                    "aci_error_rate": r[2],
+                    "aci_mean_set_size": r[3],
+                    "aci_worst_stream_deviation": worst,
+                })
+            })
+            .collect();
         rows.push(json!({
             "shift": shift.name(),
+            "images": m.len(),
+            "stream_length": n,
             "error_rate": error_rate,
             "streams": a.streams,
             "alarms": alarms,
             "alarm_rate": alarms as f64 / a.streams.max(1) as f64,
             "median_labels_to_alarm": med,
             "max_labels_to_alarm": max,
+            "label_free_available": calibration_free.is_some(),
+            "label_free_alarms": free_alarms,
+            "label_free_alarm_rate": free_alarms as f64 / a.streams.max(1) as f64,
+            "median_inputs_to_label_free_alarm": free_med,
+            "max_inputs_to_label_free_alarm": free_max,
+            "aci_gamma": a.gamma,
+            "aci": aci_rows,
         }));
     }
     println!(
@@ -216,7 +399,7 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
             "model_id": model.model_id(),
             "split": a.split,
             "images": set.len(),
-            "labels_per_stream": n,
+            "labels_per_stream": a.labels,
             "delta": a.delta,
             "epsilon": epsilon,
             "shifts": rows,

@@ -14,6 +14,7 @@ use edge_agent::model::pipeline;
 use edge_agent::model::predictor::parse_ncm;
 use edge_agent::model::runtime::Runtime;
 use edge_agent::model::slot::ModelSlot;
+use edge_agent::monitoring::adaptive::{AdaptiveConfig, AdaptiveMode, DEFAULT_GAMMA};
 use edge_agent::monitoring::assurance::{AlertRule, Assurance, Line, MemoryPin};
 use edge_agent::monitoring::validity::ValidityConfig;
 use edge_agent::sdnotify;
@@ -192,9 +193,21 @@ pub struct ServeArgs {
     /// disabled: the drift alarm and violation flag stay latched until a restart).
     #[arg(long, env = "EDGE_AGENT_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
-    /// Drift alarm when the conformal test martingale reaches 1/delta.
+    /// Drift alarm when a conformal test martingale (labelled or label-free) reaches
+    /// 1/delta: a false alarm has probability at most delta.
     #[arg(long, env = "EDGE_AGENT_DELTA")]
     delta: Option<f64>,
+    /// Adaptive calibration from labels: `aci` cuts each answer's set at a level that the
+    /// labels of /v1/feedback move, so that the long-run error rate of the labelled answers
+    /// stays at epsilon even under shift (docs/AGENT.md states the guarantee).
+    #[arg(long, value_enum, env = "EDGE_AGENT_ADAPTIVE")]
+    adaptive: Option<AdaptiveMode>,
+    /// ACI step size gamma in (0, 1] (default 0.005).
+    #[arg(long, env = "EDGE_AGENT_ACI_GAMMA")]
+    aci_gamma: Option<f64>,
+    /// File that keeps the ACI state across restarts (`run`: <data_dir>/aci.json).
+    #[arg(long, env = "EDGE_AGENT_ACI_STATE_FILE")]
+    aci_state_file: Option<PathBuf>,
     /// Plan every batch size before serving (slower start, no first-batch delay).
     #[arg(long)]
     warm_up: bool,
@@ -451,6 +464,7 @@ fn serving(a: &ServeArgs, file: &FileConfig, model: &LoadedModel) -> Result<Serv
         delta: a.delta.or(file.validity.delta).unwrap_or(dv.delta),
         ci_alpha: file.validity.ci_alpha.unwrap_or(dv.ci_alpha),
         max_pending: file.validity.max_pending.unwrap_or(dv.max_pending),
+        adaptive: adaptive(a, file)?,
         ..dv
     };
     if !(validity.delta > 0.0 && validity.delta < 1.0) {
@@ -468,6 +482,28 @@ fn serving(a: &ServeArgs, file: &FileConfig, model: &LoadedModel) -> Result<Serv
         access,
         validity,
         listen,
+    })
+}
+
+/// The adaptive calibration settings (`None`: off).
+fn adaptive(a: &ServeArgs, file: &FileConfig) -> Result<Option<AdaptiveConfig>> {
+    let mode = a.adaptive.or(file.validity.adaptive).unwrap_or_default();
+    let gamma = a
+        .aci_gamma
+        .or(file.validity.aci_gamma)
+        .unwrap_or(DEFAULT_GAMMA);
+    if !(gamma > 0.0 && gamma <= 1.0) {
+        bail!("aci_gamma {gamma} is outside (0, 1]");
+    }
+    Ok(match mode {
+        AdaptiveMode::Off => None,
+        AdaptiveMode::Aci => Some(AdaptiveConfig {
+            gamma,
+            state_file: a
+                .aci_state_file
+                .clone()
+                .or_else(|| file.validity.aci_state_file.clone()),
+        }),
     })
 }
 

@@ -184,9 +184,14 @@ pub fn run(a: &RunArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
         assurance,
         limits,
         access,
-        validity,
+        mut validity,
         listen,
     } = serving(&a.serve, file, &model)?;
+    if let Some(ad) = &mut validity.adaptive {
+        // the ACI state lives with the rest of the device's state
+        ad.state_file
+            .get_or_insert_with(|| data_dir.join("aci.json"));
+    }
     let dl = download_limits(file);
     let settings = DriverSettings {
         data_dir: data_dir.clone(),

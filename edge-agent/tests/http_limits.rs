@@ -617,6 +617,16 @@ fn feedback_needs_the_answer_id_and_the_alarm_resets_only_explicitly() {
     assert_eq!(st, 200, "{body}");
     let r: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(r["before"]["alarm"], true);
+    // the label-free monitor tested every answer so far (no labels needed), and the
+    // reset starts it afresh too
+    let answered = r["drift_before"]["answers"].as_u64().unwrap();
+    assert!(
+        r["drift_before"]["available"] == true && Some(answered) == alarm_after.map(u64::from),
+        "{}",
+        r["drift_before"]
+    );
+    assert_eq!(r["drift"]["answers"], 0, "{}", r["drift"]);
+    assert_eq!(r["drift"]["resets"], 1);
     let v = validity();
     assert_eq!(
         (
@@ -629,15 +639,117 @@ fn feedback_needs_the_answer_id_and_the_alarm_resets_only_explicitly() {
     let (_, m, _) = get(&s.addr, "/metrics");
     assert!(
         m.contains("edge_agent_validity_resets_total{")
-            && m.contains("edge_agent_validity_drift_alarm{"),
+            && m.contains("edge_agent_validity_drift_alarm{")
+            && m.contains("edge_agent_drift_available{")
+            && m.contains("edge_agent_drift_answers_total{"),
         "{m}"
     );
     alive(&mut s, &log);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
-        logged.contains("drift alarm and violation flag reset")
+        logged.contains("and violation flag reset")
             && logged.contains("camera cleaned, labels checked")
             && logged.contains("127.0.0.1"),
         "{logged}"
     );
+}
+
+/// Adaptive calibration (`--adaptive aci`) on the real agent: labels outside the sets
+/// lower the level (sets grow), labels inside raise it, the answers say which level cut
+/// them, and the state survives a restart of the same model through its state file.
+#[test]
+fn adaptive_levels_follow_the_labels_and_survive_a_restart() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let (dir, key, _) = built_bundle(root.path());
+    let state = root.path().join("aci.json");
+    let args = [
+        "--adaptive",
+        "aci",
+        "--aci-gamma",
+        "0.2",
+        "--epsilon",
+        "0.1",
+        "--aci-state-file",
+        state.to_str().unwrap(),
+    ];
+    let log = root.path().join("agent.log");
+    let mut s = start_limited(&dir, &key, &args, ADDRESS_SPACE, &log).unwrap();
+    let answer = |s: &Server, seed: u8| -> Value {
+        let (st, body) = s.request("POST", "/v1/predict", "image/png", &png(40, 40, seed));
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let first = answer(&s, 1);
+    assert_eq!(first["level"], 0.1, "{first}");
+    assert_eq!(first["epsilon"], 0.1);
+    // 4 answers at the static level, then a label outside each set (labels come back late:
+    // after the first, the level is below 0 and every set is full): each moves the level
+    // by 0.2 (0.1 - 1) = -0.18
+    let mut pending = vec![first];
+    for i in 0..3u8 {
+        pending.push(answer(&s, i + 2));
+    }
+    for p in &pending {
+        assert_eq!(p["level"], 0.1, "{p}");
+        let set: Vec<u64> = p["set"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let wrong = (0..43u64).find(|l| !set.contains(l)).unwrap();
+        let (st, body) = post_json(
+            &s,
+            "/v1/feedback",
+            None,
+            &serde_json::json!({ "id": p["id"], "label": wrong }),
+        );
+        assert_eq!(st, 200, "{body}");
+    }
+    let a = answer(&s, 9);
+    let level = a["level"].as_f64().unwrap();
+    assert!((level - (0.1 - 4.0 * 0.18)).abs() < 1e-9, "{a}");
+    // below 0 every p-value is above the level: the full set
+    assert_eq!(a["set"].as_array().unwrap().len(), 43, "{a}");
+    let (_, body, _) = get(&s.addr, "/v1/model");
+    let m: Value = serde_json::from_str(&body).unwrap();
+    let ad = &m["validity"]["adaptive"][0];
+    assert_eq!(
+        (ad["labels"].clone(), ad["errors"].clone()),
+        (4.into(), 4.into()),
+        "{m}"
+    );
+    assert!(ad["bound"].as_f64().unwrap() > 0.0);
+    // a label inside the (full) set raises it by 0.2 * 0.1
+    let (st, body) = post_json(
+        &s,
+        "/v1/feedback",
+        None,
+        &serde_json::json!({ "id": a["id"], "label": 0 }),
+    );
+    assert_eq!(st, 200, "{body}");
+    let expected = level + 0.02;
+    alive(&mut s, &log);
+    drop(s);
+
+    // a restart with the same model and state file keeps the level
+    let log = root.path().join("agent2.log");
+    let mut s = start_limited(&dir, &key, &args, ADDRESS_SPACE, &log).unwrap();
+    let b = answer(&s, 9);
+    assert!(
+        (b["level"].as_f64().unwrap() - expected).abs() < 1e-9,
+        "{b}"
+    );
+    alive(&mut s, &log);
+    drop(s);
+
+    // without the adaptive mode the answers carry no level and the state is left alone
+    let log = root.path().join("agent3.log");
+    let s = start_limited(&dir, &key, &["--epsilon", "0.1"], ADDRESS_SPACE, &log).unwrap();
+    let c = answer(&s, 9);
+    assert!(c.get("level").is_none(), "{c}");
+    assert!(std::fs::read_to_string(&state)
+        .unwrap()
+        .contains("\"labels\": 5"));
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::SigningKey;
 use shared::bundle::{
-    self, FileEntry, GoldenSpec, IcpSpec, InputSpec, Manifest, ModelEntry, Normalization,
-    OutputSpec,
+    self, CalibrationInfo, FileEntry, GoldenSpec, IcpSpec, InputSpec, Manifest, ModelEntry,
+    Normalization, OutputSpec,
 };
 use shared::icp::{NcmKind, PValueMode};
 
@@ -50,6 +50,34 @@ fn calibration_count(reference: &[u8], tensor: &str) -> Result<u64> {
         format!("the run's reference.safetensors has no tensor {tensor:?} (calibration scores of the chosen measure)")
     })?;
     Ok(t.shape().first().copied().unwrap_or(0) as u64)
+}
+
+/// How the run's calibration split was drawn, from its reference data: the number of
+/// distinct groups (`calibration_groups`, tracks) and the label-free scores of `ncm` if
+/// the trainer wrote them. None for runs trained before either was recorded.
+fn calibration_info(reference: &[u8], ncm: NcmKind) -> Result<Option<CalibrationInfo>> {
+    let st = safetensors::SafeTensors::deserialize(reference)
+        .context("the run's reference.safetensors is not a valid safetensors file")?;
+    let Ok(groups) = st.tensor("calibration_groups") else {
+        return Ok(None);
+    };
+    if groups.dtype() != safetensors::Dtype::U32 {
+        bail!(
+            "the run's reference.safetensors: calibration_groups is {:?}, expected U32",
+            groups.dtype()
+        );
+    }
+    let distinct: std::collections::BTreeSet<u32> = groups
+        .data()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let free = format!("calibration_label_free.{}", ncm.key());
+    Ok(Some(CalibrationInfo {
+        grouped_by: "track".into(),
+        groups: distinct.len() as u64,
+        label_free_scores: st.tensor(&free).is_ok().then_some(free),
+    }))
 }
 
 /// Writes the bundle of `src` into `out` (which must not exist or be empty), signed with
@@ -138,6 +166,7 @@ pub fn build(
             epsilon: DEFAULT_EPSILON,
             calibration_scores: scores,
             n_calibration,
+            calibration: calibration_info(reference, ncm)?,
         },
         models: vec![
             ModelEntry {

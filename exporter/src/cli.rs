@@ -450,6 +450,18 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         m.icp.n_calibration,
         m.icp.epsilon
     );
+    if let Some(c) = &m.icp.calibration {
+        println!(
+            "       calibration from {} {}s (whole groups per split){}",
+            c.groups,
+            c.grouped_by,
+            if c.label_free_scores.is_some() {
+                ", label-free scores for the drift monitor"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "classes {}: {}{}",
         m.class_names.len(),

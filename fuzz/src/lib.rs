@@ -431,6 +431,7 @@ pub fn sample_bundle(ncm: shared::icp::NcmKind, mondrian: bool) -> (Manifest, Ve
             epsilon: 0.05,
             calibration_scores: format!("calibration_scores.{}", ncm.key()),
             n_calibration: N_CAL as u64,
+            calibration: None,
         },
         models: vec![
             ModelEntry {

@@ -46,7 +46,24 @@ fn demo_trains_calibrates_and_prints_the_json_contract() {
     // and a single changed byte makes `exporter verify` fail naming the file.
     let bundle = j["bundle"].as_str().expect("bundle in the JSON");
     let key = j["public_key"].as_str().expect("public_key in the JSON");
-    assert!(std::path::Path::new(bundle).join("manifest.json").is_file());
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(bundle).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    // the calibration split's grouping and the label-free reference are recorded
+    let cal = &manifest["icp"]["calibration"];
+    assert_eq!(cal["grouped_by"], "track", "{manifest}");
+    let groups = cal["groups"].as_u64().unwrap();
+    assert!(
+        groups >= 1 && groups <= manifest["icp"]["n_calibration"].as_u64().unwrap(),
+        "{manifest}"
+    );
+    assert!(
+        cal["label_free_scores"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("calibration_label_free.")),
+        "{manifest}"
+    );
     let o = run("exporter", &["verify", bundle, "--key", key, "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(last_json(&o)["valid"], true);
@@ -80,10 +97,29 @@ fn demo_trains_calibrates_and_prints_the_json_contract() {
         .iter()
         .map(|r| r["shift"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["none", "darken", "rotate", "noise"]);
+    assert_eq!(names, ["none", "dark-tracks", "darken", "rotate", "noise"]);
     for r in shifts {
         let alarms = r["alarms"].as_u64().unwrap();
         assert!(alarms <= 3, "{r}");
+        let length = r["stream_length"].as_u64().unwrap();
+        assert!((1..=200).contains(&length), "{r}");
+        // the demo's bundle carries label-free calibration scores: that monitor ran too,
+        // and reports like the labelled one
+        assert_eq!(r["label_free_available"], true, "{r}");
+        let free = r["label_free_alarms"].as_u64().unwrap();
+        assert!(free <= 3, "{r}");
+        match r["median_inputs_to_label_free_alarm"].as_u64() {
+            Some(m) => assert!(free > 0 && (1..=length).contains(&m), "{r}"),
+            None => assert_eq!(free, 0, "{r}"),
+        }
+        // ACI against static calibration at each default level
+        let aci = r["aci"].as_array().unwrap();
+        assert_eq!(aci.len(), 3, "{r}");
+        for row in aci {
+            for k in ["static_error_rate", "aci_error_rate"] {
+                assert!((0.0..=1.0).contains(&row[k].as_f64().unwrap()), "{row}");
+            }
+        }
         assert!(
             (0.0..=1.0).contains(&r["error_rate"].as_f64().unwrap()),
             "{r}"

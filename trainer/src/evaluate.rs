@@ -56,6 +56,60 @@ pub struct ValidityCheck {
     /// own answers with these (through the bundle's manifest).
     pub empty: f64,
     pub mean_set_size: f64,
+    /// The spread across validation tracks (groups), which is what one device that sees
+    /// one place, one camera, one season should expect, rather than the pooled rate.
+    pub groups: GroupSpread,
+}
+
+/// Error rates of the validation groups (tracks) at one epsilon. Frames of a group are
+/// alike, so group rates spread far more than `sqrt(eps (1 - eps) / group size)`, the
+/// spread they would have if frames were independent.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GroupSpread {
+    pub groups: usize,
+    pub mean_group_size: f64,
+    /// Standard deviation of the group error rates.
+    pub std: f64,
+    /// What `std` would be with independent frames.
+    pub std_if_independent: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub max: f64,
+    /// Fraction of groups whose error rate is above epsilon.
+    pub above_epsilon: f64,
+    /// Fraction of groups whose error rate is above 2 epsilon.
+    pub above_twice_epsilon: f64,
+}
+
+/// Group error rates of `errors` (one per frame) grouped by `groups`.
+pub fn group_spread(errors: &[bool], groups: &[String], epsilon: f64) -> GroupSpread {
+    let mut by: HashMap<&str, (u64, u64)> = HashMap::new();
+    for (e, g) in errors.iter().zip(groups) {
+        let c = by.entry(g.as_str()).or_default();
+        c.0 += u64::from(*e);
+        c.1 += 1;
+    }
+    let mut rates: Vec<f64> = by.values().map(|(e, n)| *e as f64 / *n as f64).collect();
+    if rates.is_empty() {
+        return GroupSpread::default();
+    }
+    rates.sort_by(f64::total_cmp);
+    let n = rates.len() as f64;
+    let mean = rates.iter().sum::<f64>() / n;
+    let std = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let q = |f: f64| rates[((f * (n - 1.0)).round() as usize).min(rates.len() - 1)];
+    let mean_group_size = errors.len() as f64 / n;
+    GroupSpread {
+        groups: rates.len(),
+        mean_group_size,
+        std,
+        std_if_independent: (epsilon * (1.0 - epsilon) / mean_group_size).sqrt(),
+        p50: q(0.5),
+        p90: q(0.9),
+        max: rates[rates.len() - 1],
+        above_epsilon: rates.iter().filter(|&&r| r > epsilon).count() as f64 / n,
+        above_twice_epsilon: rates.iter().filter(|&&r| r > 2.0 * epsilon).count() as f64 / n,
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,6 +196,9 @@ pub fn evaluate(
     let knn_accuracy = argmin_accuracy(&knn.scores(validation.emb)?, validation.labels, n_classes);
 
     let mut cal_scores: HashMap<String, Vec<f64>> = HashMap::new();
+    // label-free scores (`Ncm::label_free_score`) of the calibration split: what the
+    // agent's drift monitor compares every answer with
+    let mut cal_free: HashMap<String, Vec<f64>> = HashMap::new();
     for kind in MEASURES {
         let ncm = match kind {
             NcmKind::NearestCentroid => centroid.clone(),
@@ -152,6 +209,10 @@ pub fn evaluate(
             .label_scores(calibration.emb, calibration.labels)
             .with_context(|| format!("calibration scores of {}", kind.name()))?;
         cal_scores.insert(kind.key(), s);
+        let free = ncm
+            .label_free_scores(calibration.emb)
+            .with_context(|| format!("label-free calibration scores of {}", kind.name()))?;
+        cal_free.insert(kind.key(), free);
     }
 
     let chosen = match settings.ncm {
@@ -172,10 +233,18 @@ pub fn evaluate(
         .context("evaluating the ICP on the validation split")?;
 
     let validation_tracks = validation.tracks.iter().collect::<BTreeSet<_>>().len();
+    let p = icp
+        .p_values(validation.emb)
+        .context("p-values of the validation split")?;
     let validity = [0.01, 0.05, 0.10]
         .iter()
         .filter_map(|&eps| full.at(eps))
         .map(|r| {
+            let errors: Vec<bool> = p
+                .chunks_exact(n_classes.max(1))
+                .zip(validation.labels)
+                .map(|(row, &y)| row.get(usize::from(y)).is_none_or(|&v| v <= r.epsilon))
+                .collect();
             let var = r.epsilon * (1.0 - r.epsilon);
             let sigma_tracks = (var / validation_tracks.max(1) as f64).sqrt();
             ValidityCheck {
@@ -187,12 +256,23 @@ pub fn evaluate(
                 singleton: r.singleton,
                 empty: r.empty,
                 mean_set_size: r.mean_set_size,
+                groups: group_spread(&errors, validation.tracks, r.epsilon),
             }
         })
         .collect();
 
     if let Some(path) = reference_path {
-        write_reference(path, &centroid, train, calibration, &cal_scores, dim)?;
+        write_reference(
+            path,
+            &centroid,
+            train,
+            calibration,
+            &[
+                ("calibration_scores", &cal_scores),
+                ("calibration_label_free", &cal_free),
+            ],
+            dim,
+        )?;
     }
 
     Ok(Evaluation {
@@ -218,19 +298,33 @@ pub fn evaluate(
     })
 }
 
+/// Each example's group (track) as an index into the sorted distinct groups: the
+/// calibration split's grouping, which the exporter records in the manifest.
+fn group_ids(tracks: &[String]) -> Vec<u32> {
+    let distinct: BTreeSet<&String> = tracks.iter().collect();
+    let index: HashMap<&String, u32> = distinct
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect();
+    tracks.iter().map(|t| index[t]).collect()
+}
+
 fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
     v.iter().flat_map(|&x| f(x)).collect()
 }
 
 /// Reference data as safetensors, readable by any tool: `centroids` f32 [C,E],
-/// `train_embeddings` f32 [N,E], `train_labels` u16 [N], `calibration_labels` u16 [M] and
-/// `calibration_scores.<measure>` f64 [M] (in calibration order, unsorted).
+/// `train_embeddings` f32 [N,E], `train_labels` u16 [N], `calibration_labels` u16 [M],
+/// `calibration_scores.<measure>` f64 [M] (in calibration order, unsorted) and
+/// `calibration_label_free.<measure>` f64 [M] (the label-free scores, same order) and
+/// `calibration_groups` u32 [M] (each example's track, as an index of the split's tracks).
 fn write_reference(
     path: &Path,
     centroid: &Ncm,
     train: &Embedded,
     calibration: &Embedded,
-    cal_scores: &HashMap<String, Vec<f64>>,
+    per_measure: &[(&str, &HashMap<String, Vec<f64>>)],
     dim: usize,
 ) -> Result<()> {
     let centroids = centroid.centroids().unwrap_or_default();
@@ -260,17 +354,25 @@ fn write_reference(
             vec![calibration.labels.len()],
             le_bytes(calibration.labels, u16::to_le_bytes),
         ),
+        (
+            "calibration_groups".into(),
+            Dtype::U32,
+            vec![calibration.labels.len()],
+            le_bytes(&group_ids(calibration.tracks), u32::to_le_bytes),
+        ),
     ];
-    let mut keys: Vec<&String> = cal_scores.keys().collect();
-    keys.sort();
-    for k in keys {
-        let s = &cal_scores[k];
-        blobs.push((
-            format!("calibration_scores.{k}"),
-            Dtype::F64,
-            vec![s.len()],
-            le_bytes(s, f64::to_le_bytes),
-        ));
+    for (prefix, scores) in per_measure {
+        let mut keys: Vec<&String> = scores.keys().collect();
+        keys.sort();
+        for k in keys {
+            let s = &scores[k];
+            blobs.push((
+                format!("{prefix}.{k}"),
+                Dtype::F64,
+                vec![s.len()],
+                le_bytes(s, f64::to_le_bytes),
+            ));
+        }
     }
     let views = blobs
         .iter()
@@ -286,6 +388,30 @@ fn write_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_spread_counts_groups_and_their_rates() {
+        // 4 groups of 10 frames: error rates 0, 0, 0.1, 0.5
+        let mut errors = vec![];
+        let mut groups = vec![];
+        for (g, bad) in [(0, 0), (1, 0), (2, 1), (3, 5)] {
+            for i in 0..10 {
+                errors.push(i < bad);
+                groups.push(format!("t{g}"));
+            }
+        }
+        let s = group_spread(&errors, &groups, 0.05);
+        assert_eq!(s.groups, 4);
+        assert_eq!(s.mean_group_size, 10.0);
+        assert_eq!(s.max, 0.5);
+        assert_eq!(s.above_epsilon, 0.5);
+        assert_eq!(s.above_twice_epsilon, 0.25); // 0.1 is not above 2 x 0.05
+        let mean: f64 = 0.6 / 4.0;
+        let var = (2.0 * mean * mean + (0.1 - mean).powi(2) + (0.5 - mean).powi(2)) / 4.0;
+        assert!((s.std - var.sqrt()).abs() < 1e-12);
+        assert!((s.std_if_independent - (0.05f64 * 0.95 / 10.0).sqrt()).abs() < 1e-12);
+        assert_eq!(group_spread(&[], &[], 0.05).groups, 0);
+    }
 
     /// Three well separated classes in 2-D, tracks of 2 frames.
     fn blobs(n_per: usize, shift: f32) -> (Vec<f32>, Vec<u16>, Vec<String>) {
@@ -344,6 +470,13 @@ mod tests {
         assert_eq!(ev.validation_tracks, 45);
         assert_eq!(ev.icp.len(), 199);
         assert!(ev.validity.iter().all(|v| v.within_3_sigma_tracks));
+        for v in &ev.validity {
+            assert_eq!(v.groups.groups, 45, "{:?}", v.groups);
+            assert!((v.groups.mean_group_size - 2.0).abs() < 1e-12);
+            // the group rates average to the pooled rate (equal group sizes)
+            let pooled = v.error_rate;
+            assert!(v.groups.max >= pooled && v.groups.p50 <= v.groups.max);
+        }
         let bytes = std::fs::read(&refp).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("centroids").unwrap().shape(), &[3, 2]);
@@ -351,5 +484,18 @@ mod tests {
             st.tensor("calibration_scores.knn40").unwrap().shape(),
             &[90]
         );
+        // the drift monitor's label-free calibration scores, in [0, 1]
+        for key in ["nearest_centroid", "knn40", "nn_ratio"] {
+            let t = st
+                .tensor(&format!("calibration_label_free.{key}"))
+                .unwrap_or_else(|e| panic!("calibration_label_free.{key}: {e}"));
+            assert_eq!(t.shape(), &[90]);
+            let v: Vec<f64> = t
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert!(v.iter().all(|s| (0.0..=1.0).contains(s)), "{key}: {v:?}");
+        }
     }
 }

@@ -415,6 +415,8 @@ pub fn run_trial(req: &TrialRequest) -> Result<TrialReport> {
         let tag = format!("{:03}", (v.epsilon * 1000.0).round() as u32);
         finals.push((format!("icp_error_eps{tag}"), v.error_rate));
         finals.push((format!("icp_singleton_eps{tag}"), v.singleton));
+        // what one group (track) should expect: the 90th percentile of group error rates
+        finals.push((format!("icp_group_error_p90_eps{tag}"), v.groups.p90));
     }
     reg.block_on(registry.log_final_metrics(&run, &finals))?;
     if let Some(e) = rec.failed {

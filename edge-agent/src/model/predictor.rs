@@ -43,6 +43,30 @@ pub struct Answer {
     pub credibility: f64,
     pub confidence: f64,
     pub epsilon: f64,
+    /// The input's label-free score (`Ncm::label_free_score`, in [0, 1]: higher is
+    /// stranger), what the drift monitor tests.
+    pub label_free: f64,
+    /// With adaptive calibration (`--adaptive aci`): the level the set was cut at,
+    /// `{y : p_y > level}`, which ACI moves so that the long-run error rate stays at
+    /// `epsilon`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<f64>,
+}
+
+impl Answer {
+    /// Cuts the set again at `level` (adaptive calibration).
+    pub fn cut_at(&mut self, level: f64, class_names: &[String]) {
+        self.set = (0..self.p_values.len())
+            .filter(|&y| self.p_values[y] > level)
+            .map(|y| y as u16)
+            .collect();
+        self.labels = self
+            .set
+            .iter()
+            .map(|&c| class_names.get(usize::from(c)).cloned().unwrap_or_default())
+            .collect();
+        self.level = Some(level);
+    }
 }
 
 /// A fitted measure with its calibration and the class names.
@@ -51,6 +75,9 @@ pub struct Predictor {
     icp: IcpPredictor,
     class_names: Vec<String>,
     dim: usize,
+    /// The calibration split's label-free scores (`calibration_label_free.<measure>`);
+    /// `None` for bundles trained before they were written.
+    label_free_calibration: Option<Vec<f64>>,
 }
 
 fn tensor<'a>(
@@ -149,10 +176,31 @@ impl Predictor {
         } else {
             Calibration::pooled(&scores, n_classes)?
         };
+        let free_name = format!("calibration_label_free.{}", ncm.key());
+        let label_free_calibration = if st.names().iter().any(|n| **n == free_name) {
+            let (_, free) = tensor(&st, file, &free_name, Dtype::F64, 1)?;
+            let free = f64s(free);
+            if free.len() != scores.len() {
+                return Err(bad(format!(
+                    "{free_name} holds {} scores, {scores_name} {}: one per calibration example expected",
+                    free.len(),
+                    scores.len()
+                )));
+            }
+            if let Some(v) = free.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                return Err(bad(format!(
+                    "{free_name} holds {v}, expected label-free scores in [0, 1]"
+                )));
+            }
+            Some(free)
+        } else {
+            None
+        };
         Ok(Predictor {
             icp: IcpPredictor::new(fitted, calibration, mode)?,
             class_names,
             dim,
+            label_free_calibration,
         })
     }
 
@@ -172,6 +220,11 @@ impl Predictor {
         self.dim
     }
 
+    /// The calibration split's label-free scores, if the bundle has them.
+    pub fn label_free_calibration(&self) -> Option<&[f64]> {
+        self.label_free_calibration.as_deref()
+    }
+
     /// Answers for `n x E` embeddings at significance level `epsilon`.
     pub fn answer(&self, embeddings: &[f32], epsilon: f64) -> Result<Vec<Answer>, IcpError> {
         let p = self.icp.predict(embeddings, epsilon)?;
@@ -189,6 +242,8 @@ impl Predictor {
                     credibility: pr.credibility,
                     confidence: pr.confidence,
                     epsilon,
+                    label_free: pr.label_free,
+                    level: None,
                 }
             })
             .collect())

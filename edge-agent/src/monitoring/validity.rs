@@ -26,6 +26,8 @@ use serde::Serializer;
 use shared::icp::martingale::PowerMartingale;
 
 use crate::model::loader::LoadedModel;
+use crate::monitoring::adaptive::{Adaptive, AdaptiveConfig, LevelSnapshot};
+use crate::monitoring::inputs::InputMonitor;
 use crate::monitoring::stats::clopper_pearson;
 
 /// Settings of the monitor.
@@ -41,6 +43,8 @@ pub struct ValidityConfig {
     pub seed: u64,
     /// Log the alarm as a warning (off for `edge-agent drift`'s many replayed streams).
     pub log_alarm: bool,
+    /// Adaptive calibration from labels (ACI), opt-in.
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 impl Default for ValidityConfig {
@@ -51,6 +55,7 @@ impl Default for ValidityConfig {
             max_pending: 8192,
             seed: 0,
             log_alarm: true,
+            adaptive: None,
         }
     }
 }
@@ -135,6 +140,9 @@ pub struct ValiditySnapshot {
     pub pending: usize,
     /// Explicit resets of the figures so far ([`Monitor::reset`]).
     pub resets: u64,
+    /// The adaptive levels (`--adaptive aci`), one per epsilon answered at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<Vec<LevelSnapshot>>,
 }
 
 struct State {
@@ -160,6 +168,10 @@ pub struct Monitor {
     /// The calibration bags, sorted (what a reset returns to).
     calibration: Vec<Vec<f64>>,
     state: Mutex<State>,
+    /// The label-free drift monitor of the same model (every answer, no labels).
+    inputs: InputMonitor,
+    /// ACI levels, when the adaptive mode is on.
+    adaptive: Option<Adaptive>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -182,7 +194,20 @@ impl Monitor {
         } else {
             vec![cal.scores_for(0).to_vec()]
         };
-        Monitor::with_bags(model.model_id(), bags, mondrian, cfg)
+        let mut m = Monitor::with_bags(model.model_id(), bags, mondrian, cfg);
+        m.inputs = InputMonitor::new(
+            model.model_id(),
+            model.predictor.label_free_calibration(),
+            m.cfg.delta,
+            m.cfg.seed,
+            m.cfg.log_alarm,
+        );
+        m.adaptive = m
+            .cfg
+            .adaptive
+            .clone()
+            .map(|a| Adaptive::load(model.model_id(), a));
+        m
     }
 
     /// A monitor over given calibration scores (`bags[0]` pooled, else one per class).
@@ -211,8 +236,21 @@ impl Monitor {
                 resets: 0,
             }),
             calibration: bags,
+            inputs: InputMonitor::new(model_id, None, cfg.delta, cfg.seed, cfg.log_alarm),
+            adaptive: None,
             cfg,
         }
+    }
+
+    /// The adaptive levels, when the mode is on: answers at epsilon are cut at
+    /// `adaptive().level(epsilon)`.
+    pub fn adaptive(&self) -> Option<&Adaptive> {
+        self.adaptive.as_ref()
+    }
+
+    /// The label-free drift monitor of the same model.
+    pub fn inputs(&self) -> &InputMonitor {
+        &self.inputs
     }
 
     pub fn model_id(&self) -> &str {
@@ -228,9 +266,10 @@ impl Monitor {
 
     /// Starts the figures afresh: error counts, the martingale, the alarm and the
     /// violation flag, and the bags back to the calibration scores (predictions waiting for
-    /// their label stay). Logged as a warning with `who` and `why`; returns the figures
-    /// before the reset.
+    /// their label stay); the label-free monitor too (see [`Monitor::inputs`]). Logged as
+    /// a warning with `who` and `why`; returns the figures before the reset.
     pub fn reset(&self, who: &str, why: &str) -> ValiditySnapshot {
+        let drift_before = self.inputs.reset();
         let mut s = self.lock();
         let before = self.snapshot_of(&s);
         s.feedback = 0;
@@ -248,7 +287,9 @@ impl Monitor {
             alarm_before = before.alarm,
             violation_before = before.violation,
             martingale_before = before.martingale,
-            "validity: figures, drift alarm and violation flag reset"
+            label_free_alarm_before = drift_before.alarm,
+            label_free_answers_before = drift_before.answers,
+            "validity: figures, drift alarms (labelled and label-free) and violation flag reset"
         );
         before
     }
@@ -290,19 +331,23 @@ impl Monitor {
         if usize::from(label) >= n_classes {
             return Err(FeedbackError::Label { label, n_classes });
         }
-        let p = {
+        let (p, outstanding) = {
             let mut s = self.lock();
             let unknown = || FeedbackError::UnknownId(id.chars().take(64).collect());
             let key = PredictionId::parse(id).ok_or_else(unknown)?;
             let p = s.pending.remove(&key).ok_or_else(unknown)?;
             s.order.retain(|&o| o != key);
-            p
+            (p, s.pending.len() as u64)
         };
         let alpha = model
             .predictor
             .score(&p.embedding, label)
             .map_err(|e| FeedbackError::Score(e.to_string()))?;
         let error = !p.set.contains(&label);
+        if let Some(a) = &self.adaptive {
+            // the stored set is the one the answer gave (cut at its level)
+            a.update(p.epsilon, error, outstanding);
+        }
         Ok(self.observe(alpha, label, error, p.epsilon))
     }
 
@@ -374,6 +419,7 @@ impl Monitor {
             alarm_after: s.martingale.crossed_after,
             pending: s.pending.len(),
             resets: s.resets,
+            adaptive: self.adaptive.as_ref().map(|a| a.snapshot()),
         }
     }
 }

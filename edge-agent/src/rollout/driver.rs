@@ -669,7 +669,9 @@ impl Driver {
     fn telemetry(&self) -> Value {
         let model = self.app.slot.current();
         let w = self.app.telemetry.take(model.model_id());
-        let validity = self.app.monitor_for(&model).snapshot();
+        let monitor = self.app.monitor_for(&model);
+        let validity = monitor.snapshot();
+        let drift = monitor.inputs().snapshot();
         json!({
             "device_id": self.machine.policy().device_id,
             "at_ms": now_ms(),
@@ -683,6 +685,7 @@ impl Driver {
             "empty_rate": w.empty_rate(),
             "mean_set_size": w.mean_set_size(),
             "validity": validity,
+            "drift": drift,
         })
     }
 

@@ -609,11 +609,19 @@ async fn answer_items<K: Send + 'static>(
                 return Err(internal("cancelled"));
             }
             let Inputs { pixels, items } = inputs;
-            let (answers, emb) = if pixels.is_empty() {
+            let (mut answers, emb) = if pixels.is_empty() {
                 (vec![], vec![])
             } else {
                 pipeline::answer(&model, &pixels, epsilon).map_err(internal)?
             };
+            // adaptive calibration: the set is cut at the epsilon's current ACI level
+            let monitor = st.monitor_for(&model);
+            if let Some(level) = monitor.adaptive().and_then(|a| a.level(epsilon)) {
+                let names = model.predictor.class_names();
+                for a in &mut answers {
+                    a.cut_at(level, names);
+                }
+            }
             drop(pixels);
             if cancel.load(Ordering::Relaxed) {
                 // nobody will see these answers: they neither move the output nor wait for labels
@@ -631,7 +639,9 @@ async fn answer_items<K: Send + 'static>(
             let rule = st.assurance.as_ref().map(|a| a.rule()).unwrap_or_default();
             let alerts = sizes.iter().filter(|&&s| rule.raises(s)).count() as u64;
             st.metrics.answers(sizes.iter().copied(), alerts);
-            let monitor = st.monitor_for(&model);
+            // every answer feeds the label-free drift test (no label needed)
+            let free: Vec<f64> = answers.iter().map(|a| a.label_free).collect();
+            monitor.inputs().observe(&free);
             let mut answers = answers.into_iter().zip(emb.chunks_exact(dim.max(1)));
             let mut out = Vec::with_capacity(items.len());
             for item in items {
@@ -817,7 +827,9 @@ async fn predict_batch(
 async fn model_info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let m = state.slot.current();
     let man = &m.bundle.manifest;
-    let validity = state.monitor_for(&m).snapshot();
+    let monitor = state.monitor_for(&m);
+    let validity = monitor.snapshot();
+    let drift = monitor.inputs().snapshot();
     Json(json!({
         "model_id": man.model_id,
         "run_id": man.run_id,
@@ -839,6 +851,7 @@ async fn model_info(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
         "load_ms": m.load_ms,
         "uptime_s": state.started.elapsed().as_secs_f64(),
         "validity": validity,
+        "drift": drift,
     }))
 }
 
@@ -862,7 +875,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
     let m = state.slot.current();
-    let v = state.monitor_for(&m).snapshot();
+    let monitor = state.monitor_for(&m);
+    let v = monitor.snapshot();
+    let d = monitor.inputs().snapshot();
     let id = &v.model_id;
     let gauges: [(&str, &str, f64); 10] = [
         (
@@ -919,6 +934,38 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     for (name, help, value) in gauges {
         out.push_str(&format!(
             "# HELP edge_agent_validity_{name} {help}\n# TYPE edge_agent_validity_{name} gauge\nedge_agent_validity_{name}{{model_id=\"{id}\"}} {value}\n"
+        ));
+    }
+    let drift: [(&str, &str, f64); 5] = [
+        (
+            "available",
+            "1 when the bundle has label-free calibration scores (else nothing is tested).",
+            f64::from(u8::from(d.available)),
+        ),
+        (
+            "answers_total",
+            "Answers whose label-free score was tested.",
+            d.answers as f64,
+        ),
+        (
+            "mean_score",
+            "Mean label-free score of those answers (the calibration mean is in /v1/model).",
+            d.mean_score,
+        ),
+        (
+            "martingale",
+            "Label-free conformal test martingale over the answers' scores.",
+            d.martingale,
+        ),
+        (
+            "alarm",
+            "1 when it crossed 1/delta: the inputs no longer look like the calibration inputs.",
+            f64::from(u8::from(d.alarm)),
+        ),
+    ];
+    for (name, help, value) in drift {
+        out.push_str(&format!(
+            "# HELP edge_agent_drift_{name} {help}\n# TYPE edge_agent_drift_{name} gauge\nedge_agent_drift_{name}{{model_id=\"{id}\"}} {value}\n"
         ));
     }
     out.push_str(
@@ -1071,7 +1118,7 @@ struct ResetBody {
 }
 
 /// `POST /v1/validity/reset`: starts the validity figures of the active model afresh
-/// (the drift alarm and the violation flag latch until this). Needs the admin token; with
+/// (the drift alarms, labelled and label-free, and the violation flag latch until this). Needs the admin token; with
 /// none configured it is disabled. Logged as a warning with the caller and the reason.
 async fn validity_reset(
     State(state): State<Arc<AppState>>,
@@ -1098,8 +1145,15 @@ async fn validity_reset(
     }
     let model = state.slot.current();
     let monitor = state.monitor_for(&model);
+    let drift_before = monitor.inputs().snapshot();
     let before = monitor.reset(&who, reason);
-    Ok(Json(json!({ "before": before, "validity": monitor.snapshot() })).into_response())
+    Ok(Json(json!({
+        "before": before,
+        "validity": monitor.snapshot(),
+        "drift_before": drift_before,
+        "drift": monitor.inputs().snapshot(),
+    }))
+    .into_response())
 }
 
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

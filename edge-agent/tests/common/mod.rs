@@ -43,7 +43,7 @@ pub fn calibration_scores() -> Vec<f64> {
 }
 
 /// reference.safetensors as the trainer writes it (centroids, nearest-centroid scores,
-/// calibration labels).
+/// label-free scores, calibration labels).
 pub fn reference_bytes(seed: u64) -> Vec<u8> {
     let c: Vec<u8> = centroids(seed)
         .iter()
@@ -57,7 +57,16 @@ pub fn reference_bytes(seed: u64) -> Vec<u8> {
         .map(|i| i % CLASSES as u16)
         .flat_map(|v| v.to_le_bytes())
         .collect();
+    // label-free scores in [0, 0.9] for the drift monitor
+    let f: Vec<u8> = (0..N_CAL)
+        .map(|i| i as f64 * 0.9 / N_CAL as f64)
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let views = vec![
+        (
+            "calibration_label_free.nearest_centroid",
+            TensorView::new(safetensors::Dtype::F64, vec![N_CAL], &f).unwrap(),
+        ),
         (
             "centroids",
             TensorView::new(safetensors::Dtype::F32, vec![CLASSES, DIM], &c).unwrap(),

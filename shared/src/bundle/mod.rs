@@ -154,6 +154,26 @@ pub struct IcpSpec {
     /// Tensor in the reference file holding the calibration scores of `ncm`.
     pub calibration_scores: String,
     pub n_calibration: u64,
+    /// How the calibration split was drawn (absent in bundles made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationInfo>,
+}
+
+/// Where a bundle's calibration scores came from: what a user needs to judge how far the
+/// split's error rates carry to a device (frames of one group are alike, so the honest
+/// sample size of the calibration and validation figures is the number of groups).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationInfo {
+    /// What the splits were dealt by: every example of a group went to one split
+    /// (`track`: every frame of one physical sign).
+    pub grouped_by: String,
+    /// Distinct groups among the calibration examples.
+    pub groups: u64,
+    /// Tensor in the reference file with every calibration example's label-free score
+    /// (`calibration_label_free.<measure>`: the label-free drift monitor's reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_free_scores: Option<String>,
 }
 
 /// One model file and how it was checked.

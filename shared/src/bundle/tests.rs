@@ -39,6 +39,7 @@ fn sample_manifest(files: Vec<FileEntry>) -> Manifest {
             epsilon: 0.05,
             calibration_scores: "calibration_scores.nearest_centroid".into(),
             n_calibration: N_CAL as u64,
+            calibration: None,
         },
         models: vec![ModelEntry {
             file: "model.onnx".into(),
@@ -78,6 +79,10 @@ fn reference_file() -> Vec<u8> {
         ),
         (
             "calibration_scores.nearest_centroid",
+            TensorView::new(safetensors::Dtype::F64, vec![N_CAL], &s).unwrap(),
+        ),
+        (
+            "calibration_label_free.nearest_centroid",
             TensorView::new(safetensors::Dtype::F64, vec![N_CAL], &s).unwrap(),
         ),
     ];
@@ -433,6 +438,16 @@ fn signed_manifests_that_say_impossible_things_are_refused() {
         verify(dir.path(), &key.verifying_key())
     };
     fresh(&|_| {}).unwrap();
+    // the calibration's grouping and label-free scores, as the exporter writes them
+    let grouped = fresh(&|m| {
+        m.icp.calibration = Some(CalibrationInfo {
+            grouped_by: "track".into(),
+            groups: 2,
+            label_free_scores: Some("calibration_label_free.nearest_centroid".into()),
+        })
+    })
+    .unwrap();
+    assert_eq!(grouped.manifest.icp.calibration.map(|c| c.groups), Some(2));
     let cases: Vec<(&str, Edit)> = vec![
         ("golden.tolerance", Box::new(|m| m.golden.tolerance = 1e30)),
         ("golden.tolerance", Box::new(|m| m.golden.tolerance = 0.0)),
@@ -446,6 +461,36 @@ fn signed_manifests_that_say_impossible_things_are_refused() {
             Box::new(|m| m.icp.calibration_scores = "calibration_scores.knn40".into()),
         ),
         ("icp.epsilon", Box::new(|m| m.icp.epsilon = 1.5)),
+        (
+            "icp.calibration.groups",
+            Box::new(|m| {
+                m.icp.calibration = Some(CalibrationInfo {
+                    grouped_by: "track".into(),
+                    groups: N_CAL as u64 + 1,
+                    label_free_scores: None,
+                })
+            }),
+        ),
+        (
+            "icp.calibration.grouped_by",
+            Box::new(|m| {
+                m.icp.calibration = Some(CalibrationInfo {
+                    grouped_by: "../track".into(),
+                    groups: 1,
+                    label_free_scores: None,
+                })
+            }),
+        ),
+        (
+            "icp.calibration.label_free_scores",
+            Box::new(|m| {
+                m.icp.calibration = Some(CalibrationInfo {
+                    grouped_by: "track".into(),
+                    groups: 1,
+                    label_free_scores: Some("calibration_label_free.knn40".into()),
+                })
+            }),
+        ),
         ("models", Box::new(|m| m.models.clear())),
         (
             "models[0]",

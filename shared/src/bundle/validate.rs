@@ -347,6 +347,47 @@ pub fn validate<'a>(
             ),
         ));
     }
+    if let Some(c) = &icp.calibration {
+        let name_ok = !c.grouped_by.is_empty()
+            && c.grouped_by.len() <= 32
+            && c.grouped_by
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_');
+        if !name_ok {
+            return Err(bad(
+                "icp.calibration.grouped_by",
+                format!(
+                    "{:?}: expected a short lowercase name such as \"track\"",
+                    c.grouped_by.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+        if !(1..=n_cal as u64).contains(&c.groups) {
+            return Err(bad(
+                "icp.calibration.groups",
+                format!(
+                    "is {}, expected 1..={n_cal} (one group or more per calibration score)",
+                    c.groups
+                ),
+            ));
+        }
+        if let Some(free) = &c.label_free_scores {
+            let want = format!("calibration_label_free.{}", icp.ncm.key());
+            if *free != want {
+                return Err(bad(
+                    "icp.calibration.label_free_scores",
+                    format!("is {free:?}, the label-free scores of icp.ncm are {want:?}"),
+                ));
+            }
+            let shape = need(&want, Dtype::F64, "icp.calibration.label_free_scores")?;
+            if shape != [n_cal] {
+                return Err(bad(
+                    "icp.calibration.label_free_scores",
+                    format!("{rname}: {want:?} has shape {shape:?}, expected [{n_cal}] (one per calibration score)"),
+                ));
+            }
+        }
+    }
     let scores = st
         .tensor(&scores_name)
         .map_err(|e| bad("icp.calibration_scores", e.to_string()))?;

@@ -13,7 +13,24 @@
 //! What is lost is resolution inside a bin (1/4096 of the range), not validity.
 //!
 //! [`PowerMartingale`] is the simple mixture `M_n = mean over k of prod_i k p_i^(k-1)` over
-//! a grid of betting exponents k in (0, 1), kept as logarithms.
+//! a grid of betting exponents k in (0, 1), kept as logarithms. It suits a test that starts
+//! when the shift may already be there (the labelled monitor, which sees few examples).
+//!
+//! [`ChangePointMartingale`] is for a test that runs for months on every answer. A plain
+//! power martingale loses capital at a steady rate while the data stay exchangeable (its
+//! logarithm falls by `k - 1 - ln k` per score for each exponent k), so after a long quiet
+//! period a shift must first win all that back, and the longer the device ran the later it
+//! alarms. A jumper that keeps moving capital between betting states (Vovk et al., "Retrain
+//! or not retrain", 2021) reacts in relative terms but pays a constant tax on its total,
+//! which Ville's threshold sees: measured here, it alarmed later than the power mixture
+//! after 50,000 quiet scores. The change-point mixture instead keeps an idle (non-betting)
+//! share and, at step n, starts a fraction `c / (n + 1)` of it betting with every exponent:
+//! it is the mixture, over the step t where a change may begin, of power martingales
+//! started at t with weight about `c t^-(1+c)`. Idle capital is never bet, so the total
+//! stays near `n^-c` on exchangeable data, and a shift that begins at step t costs at most
+//! about `(1 + c) ln t + ln(K / c)` nats before it counts, then grows at the rate of the
+//! best exponent. Each step's expected factor is 1 under exchangeability: a test
+//! martingale, so Ville's bound holds for the whole, unbounded run.
 //!
 //! Sans IO: the tests drive these with generated streams.
 
@@ -164,15 +181,93 @@ pub fn log_mean_exp(v: &[f64]) -> f64 {
     max + (s / v.len() as f64).ln()
 }
 
+/// The rate `c` at which [`ChangePointMartingale`] starts idle capital betting.
+pub const START_RATE: f64 = 0.5;
+
+/// A test martingale that mixes over the step where a change begins: an idle share that
+/// does not bet, and one share per power exponent of [`PowerMartingale`]'s grid, fed from
+/// the idle share at a falling rate (see the module comment). Capital is kept as shares
+/// and a logarithm, renormalised every step, so it neither overflows nor underflows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangePointMartingale {
+    /// Share of the capital in each state (`[0]` idle); they sum to 1.
+    shares: Vec<f64>,
+    /// `ln` of the whole capital.
+    log_capital: f64,
+    /// `c`: at step n a fraction `c / (n + 1)` of the idle share starts betting.
+    pub start_rate: f64,
+    /// p-values seen.
+    pub steps: u64,
+    /// Steps when the martingale first reached the threshold it was given.
+    pub crossed_after: Option<u64>,
+}
+
+impl Default for ChangePointMartingale {
+    fn default() -> Self {
+        ChangePointMartingale::new(START_RATE)
+    }
+}
+
+impl ChangePointMartingale {
+    /// Capital 1, all idle; `start_rate` is clamped to (0, 1].
+    pub fn new(start_rate: f64) -> ChangePointMartingale {
+        let mut shares = vec![0.0; K_GRID + 1];
+        shares[0] = 1.0;
+        ChangePointMartingale {
+            shares,
+            log_capital: 0.0,
+            start_rate: if start_rate.is_nan() {
+                START_RATE
+            } else {
+                start_rate.clamp(1e-6, 1.0)
+            },
+            steps: 0,
+            crossed_after: None,
+        }
+    }
+
+    /// Bets on one p-value; returns true the first time `ln M` reaches `log_threshold`.
+    pub fn bet(&mut self, p: f64, log_threshold: f64) -> bool {
+        let lp = p.max(f64::MIN_POSITIVE).ln();
+        let n = self.steps + 1;
+        // step 1 starts a fraction c/2 betting, step n a fraction c/(n+1) of what is left
+        let start = self.shares[0] * self.start_rate / (n as f64 + 1.0);
+        self.shares[0] -= start;
+        let each = start / K_GRID as f64;
+        let mut total = self.shares[0];
+        for (i, s) in self.shares[1..].iter_mut().enumerate() {
+            let k = k_of(i);
+            *s = (*s + each) * k * ((k - 1.0) * lp).exp();
+            total += *s;
+        }
+        // total > 0: the idle share never bets and never reaches 0
+        for s in &mut self.shares {
+            *s /= total;
+        }
+        self.log_capital += total.ln();
+        self.steps = n;
+        if self.crossed_after.is_none() && self.log_capital >= log_threshold {
+            self.crossed_after = Some(n);
+            return true;
+        }
+        false
+    }
+
+    /// `ln M_n`.
+    pub fn log_value(&self) -> f64 {
+        self.log_capital
+    }
+}
+
 /// An online exchangeability test of scores in `[0, 1]`: each score's p-value against the
 /// calibration scores and every earlier score (then it joins them), bet on by a
-/// [`PowerMartingale`]. Under exchangeability of calibration and stream, it alarms with
+/// [`ChangePointMartingale`]. Under exchangeability of calibration and stream, it alarms with
 /// probability at most `delta`, ever.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExchangeabilityTest {
     pub delta: f64,
     bag: CountingBag,
-    pub martingale: PowerMartingale,
+    pub martingale: ChangePointMartingale,
 }
 
 impl ExchangeabilityTest {
@@ -181,7 +276,7 @@ impl ExchangeabilityTest {
         ExchangeabilityTest {
             delta,
             bag: CountingBag::from_scores(calibration),
-            martingale: PowerMartingale::new(),
+            martingale: ChangePointMartingale::default(),
         }
     }
 
@@ -285,6 +380,53 @@ mod tests {
             }
             let at = t.alarm_after();
             assert!(at.is_some_and(|n| n < 500), "seed {seed}: {at:?}");
+        }
+    }
+
+    /// After a long exchangeable stretch the change-point mixture still catches a shift
+    /// quickly; the plain power mixture has lost so much capital meanwhile that it needs
+    /// several times longer.
+    #[test]
+    fn a_shift_after_a_long_quiet_period_is_caught_quickly() {
+        let quiet = 50_000;
+        let (mut cp_needed, mut power_needed) = (vec![], vec![]);
+        for seed in 0..5 {
+            let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
+            let mut cp = ChangePointMartingale::default();
+            let mut pw = PowerMartingale::new();
+            let th = -(0.01f64).ln();
+            for _ in 0..quiet {
+                let p: f64 = rng.random();
+                cp.bet(p, th);
+                pw.bet(p, th);
+            }
+            assert!(cp.crossed_after.is_none() && pw.crossed_after.is_none());
+            let shares: f64 = cp.shares.iter().sum();
+            assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
+            // the idle capital alone keeps the total near n^-c
+            assert!(cp.log_value() > -10.0, "{}", cp.log_value());
+            // then p-values from a shift: U^2 (small p-values more often)
+            let (mut cn, mut pn) = (None, None);
+            for n in 1..=20_000u64 {
+                let u: f64 = rng.random();
+                let p = u * u;
+                if cp.bet(p, th) && cn.is_none() {
+                    cn = Some(n);
+                }
+                if pw.bet(p, th) && pn.is_none() {
+                    pn = Some(n);
+                }
+            }
+            cp_needed.push(cn.unwrap_or(u64::MAX));
+            power_needed.push(pn.unwrap_or(u64::MAX));
+        }
+        println!("after {quiet} exchangeable p-values, shift caught after: change-point mixture {cp_needed:?}, power mixture {power_needed:?}");
+        for (c, p) in cp_needed.iter().zip(&power_needed) {
+            assert!(*c < 300, "change-point mixture needed {c}");
+            assert!(
+                c * 3 < *p,
+                "change-point mixture {c} not well ahead of the power mixture {p}"
+            );
         }
     }
 

@@ -144,6 +144,10 @@ pub struct Prediction {
     pub credibility: f64,
     /// 1 - second largest p-value
     pub confidence: f64,
+    /// The label-free score of the input ([`Ncm::label_free_score`]): what the drift
+    /// monitor tests, with no label needed.
+    #[serde(default)]
+    pub label_free: f64,
 }
 
 /// Buffers of one block task: the scorer's scratch, taus, a copy of a score row.
@@ -165,6 +169,7 @@ pub struct Predictions {
     p_values: Vec<f64>,
     credibility: Vec<f64>,
     confidence: Vec<f64>,
+    label_free: Vec<f64>,
     sets: Vec<u64>,
 }
 
@@ -203,6 +208,11 @@ impl Predictions {
         &self.confidence
     }
 
+    /// Label-free scores, one per sample ([`Ncm::label_free_score`] of its score row).
+    pub fn label_free(&self) -> &[f64] {
+        &self.label_free
+    }
+
     /// The prediction set of sample `i`.
     pub fn set(&self, i: usize) -> ClassSet<'_> {
         ClassSet {
@@ -219,6 +229,7 @@ impl Predictions {
             p_values: self.p_values_of(i).to_vec(),
             credibility: self.credibility[i],
             confidence: self.confidence[i],
+            label_free: self.label_free[i],
         }
     }
 
@@ -229,6 +240,7 @@ impl Predictions {
         self.p_values.resize(n * n_classes, 0.0);
         self.credibility.resize(n, 0.0);
         self.confidence.resize(n, 0.0);
+        self.label_free.resize(n, 0.0);
         self.sets.resize(n * self.words, 0);
     }
 }
@@ -342,6 +354,7 @@ impl IcpPredictor {
                      pv: &mut [f64],
                      cred: &mut [f64],
                      conf: &mut [f64],
+                     free: &mut [f64],
                      sets: &mut [u64]| {
             let Work {
                 scratch: s,
@@ -350,16 +363,18 @@ impl IcpPredictor {
             } = work;
             self.ncm.score_block(q, pv, s);
             let first_row = first + (b * QUERY_BLOCK) as u64;
-            for (i, (((row, cr), cf), set)) in pv
+            for (i, ((((row, cr), cf), lf), set)) in pv
                 .chunks_exact_mut(c)
                 .zip(cred.iter_mut())
                 .zip(conf.iter_mut())
+                .zip(free.iter_mut())
                 .zip(sets.chunks_exact_mut(w))
                 .enumerate()
             {
                 if let PValueMode::Smoothed { seed } = self.mode {
                     tau_row(seed, first_row + i as u64, taus);
                 }
+                *lf = self.ncm.label_free_score(row);
                 self.finish_row(row, alpha, taus, epsilon, cr, cf, set);
             }
         };
@@ -380,6 +395,7 @@ impl IcpPredictor {
                 &mut out.p_values,
                 &mut out.credibility,
                 &mut out.confidence,
+                &mut out.label_free,
                 &mut out.sets,
             );
             out.work = Some(work);
@@ -389,11 +405,15 @@ impl IcpPredictor {
                 .zip(out.p_values.par_chunks_mut(QUERY_BLOCK * c))
                 .zip(out.credibility.par_chunks_mut(QUERY_BLOCK))
                 .zip(out.confidence.par_chunks_mut(QUERY_BLOCK))
+                .zip(out.label_free.par_chunks_mut(QUERY_BLOCK))
                 .zip(out.sets.par_chunks_mut(QUERY_BLOCK * w))
                 .enumerate()
-                .for_each_init(new_work, |s, (b, ((((q, pv), cred), conf), sets))| {
-                    block(s, b, q, pv, cred, conf, sets)
-                });
+                .for_each_init(
+                    new_work,
+                    |s, (b, (((((q, pv), cred), conf), free), sets))| {
+                        block(s, b, q, pv, cred, conf, free, sets)
+                    },
+                );
         }
         Ok(())
     }
@@ -487,6 +507,25 @@ mod tests {
                 p0.p_values.iter().cloned().fold(0.0, f64::max)
             );
             assert!(pred.confidence()[0] <= 1.0);
+        }
+    }
+
+    /// Every answer carries its label-free score, the same as scoring the embedding alone,
+    /// in the single-block path and the parallel one.
+    #[test]
+    fn predictions_carry_the_label_free_score() {
+        let (x, y) = toy();
+        for kind in [NcmKind::NearestCentroid, NcmKind::Knn { k: 3 }] {
+            let ncm = Ncm::fit(kind, &x, &y, 2, 3).unwrap();
+            let icp = IcpPredictor::calibrate(ncm, &x, &y, false, PValueMode::Standard).unwrap();
+            for n in [1, 3 * QUERY_BLOCK + 5] {
+                let q: Vec<f32> = (0..2 * n).map(|i| (i % 37) as f32 * 0.9 - 3.0).collect();
+                let pred = icp.predict(&q, 0.1).unwrap();
+                let want = icp.ncm().label_free_scores(&q).unwrap();
+                assert_eq!(pred.label_free(), &want[..], "{kind:?}, {n} queries");
+                assert_eq!(pred.prediction(n - 1).label_free, want[n - 1]);
+                assert!(want.iter().all(|s| (0.0..=1.0).contains(s)));
+            }
         }
     }
 
