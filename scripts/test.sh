@@ -109,12 +109,29 @@ cargo clippy -p edge-agent --all-targets -- -D warnings
 step "cargo build --bins (the end-to-end tests in tests/ drive these binaries)"
 cargo build --workspace --bins --features "$AGENT_FEATURES"
 
-step "cargo test"
-# infer's parity tests also save tract's outputs, which cross/test.sh's emulated parity
-# tests compare with (tract is then not built for each device target)
+# The device builds (aarch64 for Jetson with glibc 2.31, armv7 musl) take the longest: their
+# fat-LTO links hold one core each for minutes. They are built beside the x86 tests, at low
+# priority (nice 10: the x86 tests, some of which time things, keep the CPU they ask for,
+# and the cross builds take what is left while those tests wait on services); the emulated
+# tests run after the x86 ones. cross/test.sh installs its toolchain on first use (zig from
+# PyPI, cargo-zigbuild, qemu-user). EDGECP_CROSS=0 skips it.
+# infer's parity tests on the targets compare with tract's outputs on x86: computed first.
 export EDGECP_PARITY_FIXTURES=$EDGECP_CACHE/parity-fixtures
-rm -rf "$EDGECP_PARITY_FIXTURES"
-EDGECP_PARITY_WRITE=$EDGECP_PARITY_FIXTURES cargo test --workspace --features "$AGENT_FEATURES" --no-fail-fast "$@"
+cross_pid=
+if [ "${EDGECP_CROSS:-1}" != 0 ]; then
+  step "tract's outputs for the device parity tests (x86), then the device builds in the background"
+  rm -rf "$EDGECP_PARITY_FIXTURES"
+  EDGECP_PARITY_WRITE=$EDGECP_PARITY_FIXTURES cargo test --workspace --features "$AGENT_FEATURES" \
+    --test parity -- --exact matches_tract_on_networks_of_every_shape
+  cross_log_file=$EDGECP_CACHE/cross-build.log
+  # its own process group, so that a failing x86 step stops it too (the trap)
+  setsid nice -n 10 cross/test.sh build >"$cross_log_file" 2>&1 &
+  cross_pid=$!
+  trap 'if [ -n "$cross_pid" ]; then kill -- -"$cross_pid" 2>/dev/null || true; fi' EXIT
+fi
+
+step "cargo test"
+cargo test --workspace --features "$AGENT_FEATURES" --no-fail-fast "$@"
 
 # The agent's `ort` feature loads onnxruntime at run time: the test venv's wheel carries
 # the shared library, so the feature's tests run here on CPU.
@@ -125,13 +142,17 @@ cargo clippy -p edge-agent --all-targets --features ort,tract,tflite -- -D warni
 # the runtime-specific tests only: the MQTT, download and rollout tests do not depend on it
 cargo test -p edge-agent --features ort,tract,tflite --no-fail-fast --lib --test loading --test serve "$@"
 
-# The device builds: aarch64 (Jetson, glibc 2.31), aarch64 and armv7 musl. cross/test.sh
-# installs its toolchain on first use (zig from PyPI, cargo-zigbuild, qemu-user), runs the
-# unit and parity tests under qemu, checks each binary's size and linkage, and runs the
-# emulated agent end to end against this build. EDGECP_CROSS=0 skips it.
-if [ "${EDGECP_CROSS:-1}" != 0 ]; then
-  step "device targets under qemu (cross/test.sh)"
-  EDGECP_HOST_FEATURES=tract,tflite,eval cross/test.sh
+# The device targets: the builds started above, then under qemu the unit and parity tests
+# and the emulated agent end to end against this build.
+if [ -n "$cross_pid" ]; then
+  step "device builds (started beside the x86 tests): waiting for them"
+  cross_built=0
+  wait "$cross_pid" || cross_built=$?
+  cross_pid=
+  cat "$cross_log_file" >&2
+  [ "$cross_built" = 0 ] || { echo "the device builds failed (log above)" >&2; exit 1; }
+  step "device targets under qemu (cross/test.sh run)"
+  EDGECP_HOST_FEATURES=tract,tflite,eval cross/test.sh run
 fi
 step "done"
 
