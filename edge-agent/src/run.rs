@@ -252,6 +252,11 @@ pub fn run(a: &RunArgs, file: &FileConfig, t_start: Instant) -> Result<ExitCode>
             limits,
             access,
         );
+        // this agent takes rollouts: /v1/rollout answers from the first request on, before
+        // the driver (below, after MQTT is set up) starts filling the view
+        let _ = app.rollout.set(Arc::new(
+            edge_agent::rollout::driver::RolloutView::starting(),
+        ));
         let stop = tokio_util::sync::CancellationToken::new();
         let http_task = {
             let (app, stop) = (app.clone(), stop.clone());

@@ -34,6 +34,15 @@ pub const MODELS_DIR: &str = "models";
 pub struct RolloutView(Mutex<Value>);
 
 impl RolloutView {
+    /// What `/v1/rollout` says between the HTTP server's start and the driver's first
+    /// status (MQTT being set up): a state, never a 404.
+    pub fn starting() -> RolloutView {
+        RolloutView(Mutex::new(json!({
+            "state": "starting",
+            "note": "the rollout driver is starting (connecting to the broker)",
+        })))
+    }
+
     pub fn get(&self) -> Value {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -132,8 +141,12 @@ impl Driver {
         publisher: Option<Publisher>,
     ) -> Driver {
         let (tx, rx) = mpsc::channel(64);
-        let view = Arc::new(RolloutView::default());
-        let _ = app.rollout.set(view.clone());
+        // `run` installs the view before it serves (so /v1/rollout never says "no
+        // rollouts" on an agent that takes them); tests that build a driver alone get one here
+        let view = app
+            .rollout
+            .get_or_init(|| Arc::new(RolloutView::default()))
+            .clone();
         let d = Driver {
             machine,
             s,

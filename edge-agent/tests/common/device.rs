@@ -295,8 +295,16 @@ impl Agent {
     }
 
     /// `GET /v1/rollout`.
+    /// Waits out the moment after start when the driver has not yet filled it in.
     pub fn rollout(&self) -> Value {
-        self.get("/v1/rollout")
+        let t0 = std::time::Instant::now();
+        loop {
+            let r = self.get("/v1/rollout");
+            if r["state"] != "starting" || t0.elapsed() > Duration::from_secs(10) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// One prediction: its status and the answering model.
