@@ -81,10 +81,12 @@ pub struct Adaptive {
 }
 
 fn read(path: &Path) -> Result<Saved, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    if bytes.len() > 1 << 20 {
-        return Err(format!("{} bytes, more than any saved state", bytes.len()));
+    // the size first: a damaged or planted file is never read whole into memory
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if len > 1 << 20 {
+        return Err(format!("{len} bytes, more than any saved state"));
     }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let s: Saved = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     if s.version != VERSION {
         return Err(format!("version {}, expected {VERSION}", s.version));
