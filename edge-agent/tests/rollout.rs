@@ -710,11 +710,20 @@ fn d_bundle_faults_keep_the_old_model() {
             "{events:#?}"
         );
         w.assert_idle_on(&f.a.model_id, cmd.sequence);
-        // nothing of the refused bundle stays on disk
-        let models: Vec<String> = std::fs::read_dir(w.dir.path().join("data/models"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        // nothing of the refused bundle stays on disk: the agent prunes right after it
+        // writes (and publishes) the failure, so allow it that moment
+        let list = || -> Vec<String> {
+            std::fs::read_dir(w.dir.path().join("data/models"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let deadline = Instant::now() + LIMIT;
+        let mut models = list();
+        while models != [f.a.model_id.as_str()] && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            models = list();
+        }
         assert_eq!(models, [f.a.model_id.as_str()], "{reason}");
     }
     let (events, _, _) = w.roll_to(&f.b, "b");

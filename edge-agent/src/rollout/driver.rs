@@ -234,28 +234,21 @@ impl Driver {
     }
 
     /// Feeds one event and carries out what the machine asks, in order.
-    ///
-    /// The status goes out after the whole batch, not at its Persist: a failure's Prune
-    /// follows its Persist, and a status saying "idle" must not be seen while the refused
-    /// bundle is still on disk (rollout test d saw exactly that on a loaded CI machine).
     pub async fn feed(&mut self, ev: Event) -> anyhow::Result<()> {
         let actions = self.machine.handle(ev);
-        let mut persisted = false;
         for a in actions {
-            persisted |= matches!(a, Action::Persist(_));
             self.act(a).await?;
         }
-        if persisted {
-            self.publish_status();
-        } else {
-            self.refresh_view();
-        }
+        self.refresh_view();
         Ok(())
     }
 
     async fn act(&mut self, a: Action) -> anyhow::Result<()> {
         match a {
-            Action::Persist(state) => self.persist(state).await?,
+            Action::Persist(state) => {
+                self.persist(state).await?;
+                self.publish_status();
+            }
             Action::Report(r) => self.publish_report(&r),
             Action::Download(job) => self.start_download(job)?,
             Action::CancelDownload { seq } => {
