@@ -33,9 +33,11 @@ if [ ! -x "$ZIGBUILD_ROOT/bin/cargo-zigbuild" ]; then
 fi
 export PATH=$ZIGBUILD_ROOT/bin:$ZIG_ROOT/ziglang:$PATH
 
+# scripts/test.sh runs this beside its own apt installs: wait for the other's lock
 apt_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 \
-    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2; }
+  local wait=(-o DPkg::Lock::Timeout=600)
+  DEBIAN_FRONTEND=noninteractive apt-get "${wait[@]}" install -y -qq "$@" >&2 \
+    || { apt-get "${wait[@]}" update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get "${wait[@]}" install -y -qq "$@" >&2; }
 }
 if ! command -v qemu-aarch64 >/dev/null || ! command -v qemu-arm >/dev/null; then
   cross_log "installing qemu-user (apt)"

@@ -20,6 +20,25 @@ for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 
+# The device builds (aarch64 for Jetson with glibc 2.31, armv7 musl) are the largest
+# compile of the suite, and their fat-LTO links hold one core each for minutes. They need
+# nothing the x86 steps make, so they start now, in the background at low priority (nice
+# 10): the x86 steps keep the CPU they ask for (some tests time things) and the device
+# builds take what is left: the cores that wait on pip, npm and apt, on a build's last
+# crates, on the services the tests start. The emulated tests run after the x86 ones.
+# cross/test.sh installs its toolchain on first use (zig from PyPI, cargo-zigbuild,
+# qemu-user; apt waits for the other's lock). EDGECP_CROSS=0 skips it.
+cross_pid=
+if [ "${EDGECP_CROSS:-1}" != 0 ]; then
+  step "device builds: started in the background (log: $EDGECP_CACHE/cross-build.log)"
+  mkdir -p "$EDGECP_CACHE"
+  cross_log_file=$EDGECP_CACHE/cross-build.log
+  # its own process group, so that a failing x86 step stops it too (the trap)
+  setsid nice -n 10 cross/test.sh build >"$cross_log_file" 2>&1 &
+  cross_pid=$!
+  trap 'if [ -n "$cross_pid" ]; then kill -- -"$cross_pid" 2>/dev/null || true; fi' EXIT
+fi
+
 step "Python reference implementations (venv under $CARGO_TARGET_DIR)"
 EDGECP_PYTHON=$(scripts/pyenv.sh)
 export EDGECP_PYTHON
@@ -45,7 +64,7 @@ db_up || echo "warning: nothing listens on 127.0.0.1:3306: the MySQL registry te
 step "Mosquitto for the MQTT and rollout tests (they run private brokers on free ports)"
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   echo "installing mosquitto and its clients" >&2
-  apt-get install -y mosquitto mosquitto-clients >&2 || echo "warning: mosquitto could not be installed: the MQTT tests will fail and say so" >&2
+  apt-get -o DPkg::Lock::Timeout=600 install -y mosquitto mosquitto-clients >&2 || echo "warning: mosquitto could not be installed: the MQTT tests will fail and say so" >&2
 fi
 
 step "S3 server for the object-store tests (s3s-fs, cached under $EDGECP_CACHE)"
@@ -85,8 +104,8 @@ step "deployment files: docker-compose (Debian's, for \`config\`) and the checke
 # tests/tests/deploy_files.rs runs scripts/py/check_deploy.py with this venv's python.
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
-    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose \
-        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; }; } >&2 \
+    { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq docker-compose \
+        || { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq docker-compose; }; } >&2 \
       || echo "warning: could not install docker-compose: the deployment-file test will fail and say so" >&2
   else
     echo "warning: no docker-compose and no apt-get: the deployment-file test will fail and say so" >&2
@@ -109,25 +128,13 @@ cargo clippy -p edge-agent --all-targets -- -D warnings
 step "cargo build --bins (the end-to-end tests in tests/ drive these binaries)"
 cargo build --workspace --bins --features "$AGENT_FEATURES"
 
-# The device builds (aarch64 for Jetson with glibc 2.31, armv7 musl) take the longest: their
-# fat-LTO links hold one core each for minutes. They are built beside the x86 tests, at low
-# priority (nice 10: the x86 tests, some of which time things, keep the CPU they ask for,
-# and the cross builds take what is left while those tests wait on services); the emulated
-# tests run after the x86 ones. cross/test.sh installs its toolchain on first use (zig from
-# PyPI, cargo-zigbuild, qemu-user). EDGECP_CROSS=0 skips it.
-# infer's parity tests on the targets compare with tract's outputs on x86: computed first.
+# infer's parity tests on the targets compare with tract's outputs on x86
 export EDGECP_PARITY_FIXTURES=$EDGECP_CACHE/parity-fixtures
-cross_pid=
-if [ "${EDGECP_CROSS:-1}" != 0 ]; then
-  step "tract's outputs for the device parity tests (x86), then the device builds in the background"
+if [ -n "$cross_pid" ]; then
+  step "tract's outputs for the device parity tests (x86)"
   rm -rf "$EDGECP_PARITY_FIXTURES"
   EDGECP_PARITY_WRITE=$EDGECP_PARITY_FIXTURES cargo test --workspace --features "$AGENT_FEATURES" \
     --test parity -- --exact matches_tract_on_networks_of_every_shape
-  cross_log_file=$EDGECP_CACHE/cross-build.log
-  # its own process group, so that a failing x86 step stops it too (the trap)
-  setsid nice -n 10 cross/test.sh build >"$cross_log_file" 2>&1 &
-  cross_pid=$!
-  trap 'if [ -n "$cross_pid" ]; then kill -- -"$cross_pid" 2>/dev/null || true; fi' EXIT
 fi
 
 step "cargo test"
@@ -145,7 +152,7 @@ cargo test -p edge-agent --features ort,tract,tflite --no-fail-fast --lib --test
 # The device targets: the builds started above, then under qemu the unit and parity tests
 # and the emulated agent end to end against this build.
 if [ -n "$cross_pid" ]; then
-  step "device builds (started beside the x86 tests): waiting for them"
+  step "device builds (started at the beginning): waiting for them"
   cross_built=0
   wait "$cross_pid" || cross_built=$?
   cross_pid=
