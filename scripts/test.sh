@@ -15,6 +15,9 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # each step prints the wall time since the start, so a log shows where the time goes
 step() { printf '\n== [%s, +%d s] %s\n' "$(date +%T)" "$SECONDS" "$*" >&2; }
 
+# apt, waiting for the lock while the device builds' toolchain install holds it
+apt_get() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@"; }
+
 step "toolchain components"
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
@@ -64,7 +67,7 @@ db_up || echo "warning: nothing listens on 127.0.0.1:3306: the MySQL registry te
 step "Mosquitto for the MQTT and rollout tests (they run private brokers on free ports)"
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   echo "installing mosquitto and its clients" >&2
-  apt-get -o DPkg::Lock::Timeout=600 install -y mosquitto mosquitto-clients >&2 || echo "warning: mosquitto could not be installed: the MQTT tests will fail and say so" >&2
+  apt_get install -y mosquitto mosquitto-clients >&2 || echo "warning: mosquitto could not be installed: the MQTT tests will fail and say so" >&2
 fi
 
 step "S3 server for the object-store tests (s3s-fs, cached under $EDGECP_CACHE)"
@@ -104,8 +107,8 @@ step "deployment files: docker-compose (Debian's, for \`config\`) and the checke
 # tests/tests/deploy_files.rs runs scripts/py/check_deploy.py with this venv's python.
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
-    { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq docker-compose \
-        || { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq docker-compose; }; } >&2 \
+    { apt_get install -y -qq docker-compose \
+        || { apt_get update -qq && apt_get install -y -qq docker-compose; }; } >&2 \
       || echo "warning: could not install docker-compose: the deployment-file test will fail and say so" >&2
   else
     echo "warning: no docker-compose and no apt-get: the deployment-file test will fail and say so" >&2
