@@ -3,7 +3,6 @@
 //! it, give it TLS or passwords, and run in parallel; the machine's broker on :1883 is never
 //! touched. A second, raw rumqttc client observes and publishes.
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,12 +25,9 @@ use pki::{pki, write};
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const WILL: &[u8] = mqtt::DEFAULT_OFFLINE_WILL;
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+#[path = "common/port.rs"]
+mod port;
+use port::free_port;
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())

@@ -566,11 +566,43 @@ pub fn run_env(name: &str, args: &[&str], env: &[(&str, String)], cwd: &Path) ->
 }
 
 /// A free TCP port on loopback (nothing listens on it when this returns).
+///
+/// The port is drawn below the kernel's ephemeral range (ip_local_port_range): a port that
+/// `bind(0)` hands out can be taken, before the test binds it again, as the local port of
+/// any outgoing connection on the machine (CI saw a TcpGate lose its port that way).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    bind_free_port().1
+}
+
+/// A listener on a free loopback port below the ephemeral range, and that port.
+fn bind_free_port() -> (std::net::TcpListener, u16) {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // 12,000 ports under the range (never below 10,000, where well-known services sit)
+    let (lo, hi) = (low.saturating_sub(12_000).max(10_000), low);
+    for _ in 0..1000 {
+        // RandomState is seeded per process; the counter makes each draw differ
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = if hi > lo {
+            lo + (h.finish() % u64::from(hi - lo)) as u16
+        } else {
+            0
+        };
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(port);
+            return (l, port);
+        }
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = l.local_addr().expect("a bound port").port();
+    (l, port)
 }
 
 /// A fresh MariaDB/MySQL database on the local server (root, empty password, as on the
@@ -824,22 +856,38 @@ pub struct TcpGate {
 
 impl TcpGate {
     pub fn start(target: &str) -> TcpGate {
+        // the first listener is the one that found the port: no window for another to take it
+        let (listener, port) = bind_free_port();
         let mut gate = TcpGate {
-            port: free_port(),
+            port,
             target: target.to_string(),
             open: Default::default(),
             conns: Default::default(),
             listener: None,
         };
-        gate.restore();
+        gate.serve(listener);
         gate
     }
 
     /// Accepts and forwards connections again, on the same port.
     pub fn restore(&mut self) {
+        // the port lies below the ephemeral range, so nothing should take it while cut;
+        // a few retries cover a listener that the kernel has not quite released
+        let t0 = std::time::Instant::now();
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e) if t0.elapsed() > std::time::Duration::from_secs(10) => {
+                    panic!("binding the gate on port {} for 10 s: {e}", self.port)
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: std::net::TcpListener) {
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port))
-            .unwrap_or_else(|e| panic!("binding the gate on port {}: {e}", self.port));
         self.open.store(true, Ordering::SeqCst);
         let (open, conns, target) = (self.open.clone(), self.conns.clone(), self.target.clone());
         self.listener = Some(std::thread::spawn(move || {

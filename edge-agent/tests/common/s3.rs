@@ -3,7 +3,6 @@
 //! (tests/src/lib.rs, `S3Kind::S3sFs`): a served folder whose subfolders are buckets.
 #![allow(dead_code)]
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -29,12 +28,9 @@ impl Drop for S3sFs {
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+#[path = "port.rs"]
+mod port;
+use port::free_port;
 
 /// The s3s-fs binary: `EDGECP_S3S_FS`, or where scripts/test.sh caches it.
 pub fn binary() -> PathBuf {
