@@ -45,7 +45,8 @@ fn ppm(side: usize, px: &[u8]) -> Vec<u8> {
     v
 }
 
-/// What the monitors add, as the HTTP service runs them: per answer the label-free test,
+/// What the monitors add, as the HTTP service runs them: per answer the label-free score
+/// (the centroid distance, where the bundle tests it) and test,
 /// the pending prediction kept for its label and the ACI level and cut; per label the
 /// true-label score, the labelled martingale and the ACI update (no state file). Returns
 /// microseconds (per answer, per label), means over a few thousand.
@@ -76,7 +77,14 @@ fn monitor_cost(
     for i in 0..n {
         let k = i % g.max(1);
         let mut a = answers[k].clone();
-        monitor.inputs().observe(&[a.label_free]);
+        // the label-free score again (the centroid distance costs a pass over the
+        // centroids that the answer above already paid): counted as the monitor's
+        let row = &emb[k * dim..(k + 1) * dim];
+        let free = model
+            .predictor
+            .centroid_distance(row)
+            .unwrap_or(a.label_free);
+        monitor.inputs().observe(&[free]);
         if let Some(level) = monitor.adaptive().and_then(|ad| ad.level(eps)) {
             a.cut_at(level, names);
         }

@@ -3,7 +3,9 @@
 //! served model and three things an agent does with them:
 //!
 //! 1. the label-free drift monitor (`monitoring::inputs`): every answer's label-free score,
-//!    no labels at all; the inputs it needed to alarm are reported;
+//!    no labels at all; the inputs it needed to alarm are reported, for each label-free
+//!    score the bundle's reference file holds (centroid distance and min score,
+//!    `shared::icp::novelty`), the one the bundle's agent tests first;
 //! 2. the labelled validity monitor (`monitoring::validity`), with the true labels as
 //!    `POST /v1/feedback` would deliver them; the labels it needed are reported;
 //! 3. adaptive conformal inference (`shared::icp::Aci`) against static calibration: the
@@ -25,6 +27,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use edge_agent::model::loader::LoadedModel;
+use edge_agent::model::predictor::LabelFree;
 use edge_agent::monitoring::inputs::InputMonitor;
 use edge_agent::monitoring::validity::{Monitor, ValidityConfig};
 use rand::seq::SliceRandom;
@@ -153,8 +156,8 @@ struct Scored {
     alphas: Vec<f64>,
     /// Whether the set at the bundle's epsilon missed the label.
     misses: Vec<bool>,
-    /// Label-free scores (the label-free monitor).
-    free: Vec<f64>,
+    /// Label-free scores, one vector per [`LabelFree`] variant (the label-free monitors).
+    free: Vec<Vec<f64>>,
     /// p-values of every class, `n x C` (ACI and static sets).
     p: Vec<f64>,
 }
@@ -164,10 +167,11 @@ fn scores(
     set: &shared::data::ImageSet,
     shift: Shift,
     epsilon: f64,
+    variants: &[&LabelFree],
 ) -> Result<Scored> {
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let (mut alphas, mut misses) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
-    let mut free = Vec::with_capacity(set.len());
+    let mut free = vec![Vec::with_capacity(set.len()); variants.len()];
     let mut p = Vec::with_capacity(set.len() * model.predictor.n_classes());
     let idx: Vec<usize> = (0..set.len()).collect();
     for chunk in idx.chunks(64) {
@@ -181,8 +185,10 @@ fn scores(
             let label = set.labels[i];
             alphas.push(model.predictor.score(&emb[k * dim..(k + 1) * dim], label)?);
             misses.push(!answers[k].set.contains(&label));
-            free.push(answers[k].label_free);
             p.extend_from_slice(&answers[k].p_values);
+        }
+        for (v, out) in variants.iter().zip(&mut free) {
+            out.extend(v.scores(model.predictor.icp(), &emb)?);
         }
     }
     Ok(Scored {
@@ -217,6 +223,37 @@ fn aci_stream(
         aci.update(err, 0);
     }
     Ok(sums.map(|s| s / order.len().max(1) as f64))
+}
+
+/// Streams that are exchangeable with their calibration by construction: the calibration
+/// split's label-free scores, dealt at random into a calibration half and a stream half
+/// (frames, not tracks, so both halves hold the same tracks). Ville's inequality bounds
+/// the alarm rate by delta here; the `none` shift, new tracks, is what a device sees.
+/// At least 1,000 streams per score, each a fresh deal.
+fn exchangeable_streams(variants: &[&LabelFree], a: &DriftArgs) -> Vec<serde_json::Value> {
+    let streams = a.streams.max(1000);
+    variants
+        .iter()
+        .map(|v| {
+            let half = v.calibration().len() / 2;
+            let n = a.labels.min(v.calibration().len() - half);
+            let mut alarms = 0usize;
+            for s in 0..streams {
+                let mut deal = v.calibration().to_vec();
+                deal.shuffle(&mut ChaCha8Rng::seed_from_u64(7_000 + s as u64));
+                let (cal, stream) = deal.split_at(half);
+                let m = InputMonitor::new("exchangeable", Some(cal), a.delta, s as u64, false);
+                alarms += usize::from(m.observe(&stream[..n]));
+            }
+            json!({
+                "score": v.kind().name(),
+                "streams": streams,
+                "stream_length": n,
+                "alarms": alarms,
+                "alarm_rate": alarms as f64 / streams as f64,
+            })
+        })
+        .collect()
 }
 
 fn median(v: &mut [u64]) -> Option<u64> {
@@ -267,18 +304,31 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
     if set.is_empty() {
         bail!("{}: the {} split is empty", a.data, a.split);
     }
-    let calibration_free = model.predictor.label_free_calibration();
-    if calibration_free.is_none() && !a.json {
+    let variants = model.predictor.label_free_variants();
+    if variants.is_empty() && !a.json {
         eprintln!("note: the bundle has no label-free calibration scores (trained before they were written): the label-free monitor is skipped");
     }
     let c = model.predictor.n_classes();
+    let exchangeable = exchangeable_streams(&variants, a);
+    if !a.json {
+        for (v, r) in variants.iter().zip(&exchangeable) {
+            eprintln!(
+                "exchangeable: label-free ({}) alarm in {} of {} streams of {} inputs (calibration split halves)",
+                v.kind().name(),
+                r["alarms"],
+                r["streams"],
+                r["stream_length"]
+            );
+        }
+    }
     let mut rows = vec![];
     for shift in Shift::ALL {
         let m = members(&set, shift);
         let n = a.labels.min(m.len());
-        let sc = scores(&model, &set, shift, epsilon)?;
+        let sc = scores(&model, &set, shift, epsilon, &variants)?;
         let error_rate = m.iter().filter(|&&i| sc.misses[i]).count() as f64 / m.len().max(1) as f64;
-        let (mut needed, mut free_needed) = (vec![], vec![]);
+        let mut needed = vec![];
+        let mut free_needed = vec![vec![]; variants.len()];
         let mut aci = vec![[0.0f64; 4]; a.aci_epsilons.len()];
         let mut aci_worst = vec![0.0f64; a.aci_epsilons.len()];
         for s in 0..a.streams {
@@ -301,12 +351,17 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
                     break;
                 }
             }
-            if calibration_free.is_some() {
-                let inputs =
-                    InputMonitor::new(model.model_id(), calibration_free, a.delta, s as u64, false);
+            for ((v, free), got) in variants.iter().zip(&sc.free).zip(&mut free_needed) {
+                let inputs = InputMonitor::new(
+                    model.model_id(),
+                    Some(v.calibration()),
+                    a.delta,
+                    s as u64,
+                    false,
+                );
                 for (k, &i) in order.iter().enumerate() {
-                    if inputs.observe(&[sc.free[i]]) {
-                        free_needed.push(k as u64 + 1);
+                    if inputs.observe(&[free[i]]) {
+                        got.push(k as u64 + 1);
                         break;
                     }
                 }
@@ -322,26 +377,42 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
         let alarms = needed.len();
         let max = needed.iter().copied().max();
         let med = median(&mut needed);
-        let free_alarms = free_needed.len();
-        let free_max = free_needed.iter().copied().max();
-        let free_med = median(&mut free_needed);
         let per = |med: Option<u64>, max: Option<u64>, what: &str| {
             med.map_or(String::new(), |m| {
                 format!(", after {m} {what} (median), {} (max)", max.unwrap_or(m))
             })
         };
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        // per label-free score: (alarms, median, max, stream mean score, calibration mean)
+        let free_rows: Vec<(usize, Option<u64>, Option<u64>, f64, f64)> = free_needed
+            .iter_mut()
+            .zip(&variants)
+            .zip(&sc.free)
+            .map(|((got, v), free)| {
+                let stream: Vec<f64> = m.iter().map(|&i| free[i]).collect();
+                let max = got.iter().copied().max();
+                (
+                    got.len(),
+                    median(got),
+                    max,
+                    mean(&stream),
+                    mean(v.calibration()),
+                )
+            })
+            .collect();
         if !a.json {
             eprintln!(
                 "{:>11}: {} images, error rate {error_rate:.4} at epsilon {epsilon}",
                 shift.name(),
                 m.len(),
             );
-            if calibration_free.is_some() {
+            for (v, (alarms, med, max, mean, cal_mean)) in variants.iter().zip(&free_rows) {
                 eprintln!(
-                    "{:>11}  label-free alarm in {free_alarms} of {} streams of {n} inputs{}",
+                    "{:>11}  label-free ({}) alarm in {alarms} of {} streams of {n} inputs{} (mean score {mean:.4}, calibration {cal_mean:.4})",
                     "",
+                    v.kind().name(),
                     a.streams,
-                    per(free_med, free_max, "inputs")
+                    per(*med, *max, "inputs")
                 );
             }
             eprintln!(
@@ -374,6 +445,24 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
                 })
             })
             .collect();
+        let free_json: Vec<_> = variants
+            .iter()
+            .zip(&free_rows)
+            .map(|(v, (alarms, med, max, mean, cal_mean))| {
+                json!({
+                    "score": v.kind().name(),
+                    "alarms": alarms,
+                    "alarm_rate": *alarms as f64 / a.streams.max(1) as f64,
+                    "median_inputs_to_alarm": med,
+                    "max_inputs_to_alarm": max,
+                    "mean_score": mean,
+                    "calibration_mean_score": cal_mean,
+                })
+            })
+            .collect();
+        let (free_alarms, free_med, free_max) = free_rows
+            .first()
+            .map_or((0, None, None), |r| (r.0, r.1, r.2));
         rows.push(json!({
             "shift": shift.name(),
             "images": m.len(),
@@ -384,7 +473,9 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
             "alarm_rate": alarms as f64 / a.streams.max(1) as f64,
             "median_labels_to_alarm": med,
             "max_labels_to_alarm": max,
-            "label_free_available": calibration_free.is_some(),
+            "label_free_available": !variants.is_empty(),
+            "label_free_score": variants.first().map(|v| v.kind().name()),
+            "label_free_scores": free_json,
             "label_free_alarms": free_alarms,
             "label_free_alarm_rate": free_alarms as f64 / a.streams.max(1) as f64,
             "median_inputs_to_label_free_alarm": free_med,
@@ -402,6 +493,7 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
             "labels_per_stream": a.labels,
             "delta": a.delta,
             "epsilon": epsilon,
+            "exchangeable": exchangeable,
             "shifts": rows,
         })
     );

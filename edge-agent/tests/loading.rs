@@ -258,6 +258,7 @@ fn the_assurance_line_follows_singletons_pairs_and_empty_sets() {
         PValueMode::Standard,
         shared::data::gtsrb_class_names(),
         DIM,
+        None,
     )
     .unwrap();
     let c = centroids(3);
@@ -283,6 +284,97 @@ fn the_assurance_line_follows_singletons_pairs_and_empty_sets() {
         a.update([ans[0].set.len()]);
     }
     assert_eq!(pin.states(), [false, true, false, true, false]);
+}
+
+/// A reference file that also holds centroid distances (as the trainer writes them):
+/// with the manifest naming them, every answer carries the distance of its embedding to
+/// the nearest centroid, squashed by d / (1 + d); without, the min score as before; a
+/// manifest naming a tensor the file lacks is refused.
+#[test]
+fn answers_carry_the_label_free_score_the_manifest_names() {
+    let base = reference_bytes(3);
+    let st = safetensors::SafeTensors::deserialize(&base).unwrap();
+    let dist: Vec<u8> = (0..N_CAL)
+        .map(|i| i as f64 * 0.5 / N_CAL as f64)
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    views.push((
+        "calibration_centroid_distance".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![N_CAL], &dist).unwrap(),
+    ));
+    let with = safetensors::serialize(views, None).unwrap();
+    let predictor = |bytes: &[u8], free: Option<&str>| {
+        Predictor::from_reference(
+            bytes,
+            "reference.safetensors",
+            NcmKind::NearestCentroid,
+            false,
+            PValueMode::Standard,
+            shared::data::gtsrb_class_names(),
+            DIM,
+            free,
+        )
+    };
+    let c = centroids(3);
+    let row = |k: usize| c[k * DIM..(k + 1) * DIM].to_vec();
+    // a tenth of the way from centroid 4 towards centroid 9
+    let near: Vec<f32> = row(4)
+        .iter()
+        .zip(row(9))
+        .map(|(a, b)| a + (b - a) * 0.1)
+        .collect();
+    let d = row(4)
+        .iter()
+        .zip(&near)
+        .map(|(a, b)| f64::from((a - b) * (a - b)))
+        .sum::<f64>()
+        .sqrt();
+    let p = predictor(&with, Some("calibration_centroid_distance")).unwrap();
+    assert_eq!(
+        p.label_free_kind(),
+        Some(shared::icp::LabelFreeKind::CentroidDistance)
+    );
+    assert_eq!(p.label_free_calibration().map(<[f64]>::len), Some(N_CAL));
+    let a = p.answer(&[row(4), near.clone()].concat(), 0.05).unwrap();
+    assert!(a[0].label_free.abs() < 1e-6, "{}", a[0].label_free);
+    assert!(
+        (a[1].label_free - d / (1.0 + d)).abs() < 1e-5,
+        "{} vs {}",
+        a[1].label_free,
+        d / (1.0 + d)
+    );
+    // no manifest choice: the min score, nearest over second nearest centroid
+    let mut ds: Vec<f64> = (0..CLASSES)
+        .map(|k| {
+            row(k)
+                .iter()
+                .zip(&near)
+                .map(|(a, b)| f64::from((a - b) * (a - b)))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    ds.sort_by(f64::total_cmp);
+    let p = predictor(&with, None).unwrap();
+    assert_eq!(
+        p.label_free_kind(),
+        Some(shared::icp::LabelFreeKind::MinScore)
+    );
+    let a = p.answer(&near, 0.05).unwrap();
+    assert!(
+        (a[0].label_free - ds[0] / ds[1]).abs() < 1e-4,
+        "{} vs {}",
+        a[0].label_free,
+        ds[0] / ds[1]
+    );
+    // the manifest names scores the file lacks, or a tensor that is no label-free score
+    let e = predictor(&base, Some("calibration_centroid_distance"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("calibration_centroid_distance"), "{e}");
+    let e = predictor(&with, Some("centroids")).unwrap_err().to_string();
+    assert!(e.contains("label-free scores \"centroids\""), "{e}");
 }
 
 /// Defect: `verify` hashed every file and dropped the bytes, and the loader read

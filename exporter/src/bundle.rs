@@ -10,7 +10,7 @@ use shared::bundle::{
     self, CalibrationInfo, FileEntry, GoldenSpec, IcpSpec, InputSpec, Manifest, ModelEntry,
     Normalization, OutputSpec,
 };
-use shared::icp::{NcmKind, PValueMode};
+use shared::icp::{LabelFreeKind, NcmKind, PValueMode};
 
 use crate::export::{export, parity, Exported};
 use crate::golden::{Golden, TOLERANCE};
@@ -53,8 +53,8 @@ fn calibration_count(reference: &[u8], tensor: &str) -> Result<u64> {
 }
 
 /// How the run's calibration split was drawn, from its reference data: the number of
-/// distinct groups (`calibration_groups`, tracks) and the label-free scores of `ncm` if
-/// the trainer wrote them. None for runs trained before either was recorded.
+/// distinct groups (`calibration_groups`, tracks) and the label-free scores (centroid
+/// distance, else the min score of `ncm`) if the trainer wrote them. None for runs trained before either was recorded.
 fn calibration_info(reference: &[u8], ncm: NcmKind) -> Result<Option<CalibrationInfo>> {
     let st = safetensors::SafeTensors::deserialize(reference)
         .context("the run's reference.safetensors is not a valid safetensors file")?;
@@ -72,11 +72,17 @@ fn calibration_info(reference: &[u8], ncm: NcmKind) -> Result<Option<Calibration
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let free = format!("calibration_label_free.{}", ncm.key());
+    // the centroid distance where the trainer wrote it (it sees capture conditions that
+    // leave the min-score ratio unmoved: docs/AGENT.md), else the older min score
+    let key = ncm.key();
+    let free = [LabelFreeKind::CentroidDistance, LabelFreeKind::MinScore]
+        .into_iter()
+        .map(|k| k.tensor(&key))
+        .find(|t| st.tensor(t).is_ok());
     Ok(Some(CalibrationInfo {
         grouped_by: "track".into(),
         groups: distinct.len() as u64,
-        label_free_scores: st.tensor(&free).is_ok().then_some(free),
+        label_free_scores: free,
     }))
 }
 

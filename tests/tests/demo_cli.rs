@@ -58,10 +58,9 @@ fn demo_trains_calibrates_and_prints_the_json_contract() {
         groups >= 1 && groups <= manifest["icp"]["n_calibration"].as_u64().unwrap(),
         "{manifest}"
     );
-    assert!(
-        cal["label_free_scores"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("calibration_label_free.")),
+    // the drift monitor tests the centroid distance (the trainer writes both kinds)
+    assert_eq!(
+        cal["label_free_scores"], "calibration_centroid_distance",
         "{manifest}"
     );
     let o = run("exporter", &["verify", bundle, "--key", key, "--json"]);
@@ -92,6 +91,15 @@ fn demo_trains_calibrates_and_prints_the_json_contract() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let d = last_json(&o);
+    // streams exchangeable by construction (calibration halves): one row per score
+    let ex = d["exchangeable"].as_array().unwrap();
+    assert_eq!(ex.len(), 2, "{d}");
+    for r in ex {
+        assert_eq!(r["streams"], 1000, "{r}");
+        // Ville: at most delta = 0.01 of them in expectation; 25 or more of 1,000 would
+        // happen by chance with probability below 1e-4
+        assert!(r["alarms"].as_u64().unwrap() < 25, "{r}");
+    }
     let shifts = d["shifts"].as_array().unwrap();
     let names: Vec<&str> = shifts
         .iter()
@@ -112,6 +120,19 @@ fn demo_trains_calibrates_and_prints_the_json_contract() {
             Some(m) => assert!(free > 0 && (1..=length).contains(&m), "{r}"),
             None => assert_eq!(free, 0, "{r}"),
         }
+        // both label-free scores are compared, the bundle's first
+        assert_eq!(r["label_free_score"], "centroid_distance", "{r}");
+        let kinds: Vec<&str> = r["label_free_scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["score"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["centroid_distance", "min_score"], "{r}");
+        assert_eq!(
+            r["label_free_scores"][0]["alarms"], r["label_free_alarms"],
+            "{r}"
+        );
         // ACI against static calibration at each default level
         let aci = r["aci"].as_array().unwrap();
         assert_eq!(aci.len(), 3, "{r}");

@@ -10,8 +10,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
+use shared::icp::novelty::CENTROID_DISTANCE_TENSOR;
 use shared::icp::{
-    default_epsilon_grid, EpsilonRow, IcpEvaluation, IcpPredictor, Ncm, NcmKind, PValueMode,
+    default_epsilon_grid, CentroidDistance, EpsilonRow, IcpEvaluation, IcpPredictor, Ncm, NcmKind,
+    PValueMode,
 };
 
 /// Embeddings of one split with their labels and tracks.
@@ -215,6 +217,13 @@ pub fn evaluate(
         cal_free.insert(kind.key(), free);
     }
 
+    // the centroid distance of every calibration example: the other label-free score
+    // (`shared::icp::novelty`), the one bundles test by default
+    let cal_distance =
+        CentroidDistance::new(centroid.centroids().unwrap_or_default().to_vec(), dim)
+            .and_then(|c| c.scores(calibration.emb))
+            .context("centroid distances of the calibration split")?;
+
     let chosen = match settings.ncm {
         NcmKind::NearestCentroid => centroid.clone(),
         NcmKind::Knn { k: 40 } => knn,
@@ -271,6 +280,7 @@ pub fn evaluate(
                 ("calibration_scores", &cal_scores),
                 ("calibration_label_free", &cal_free),
             ],
+            &cal_distance,
             dim,
         )?;
     }
@@ -317,7 +327,8 @@ fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u
 /// Reference data as safetensors, readable by any tool: `centroids` f32 [C,E],
 /// `train_embeddings` f32 [N,E], `train_labels` u16 [N], `calibration_labels` u16 [M],
 /// `calibration_scores.<measure>` f64 [M] (in calibration order, unsorted) and
-/// `calibration_label_free.<measure>` f64 [M] (the label-free scores, same order) and
+/// `calibration_label_free.<measure>` f64 [M] (the min-score label-free scores, same order),
+/// `calibration_centroid_distance` f64 [M] (the centroid-distance label-free scores) and
 /// `calibration_groups` u32 [M] (each example's track, as an index of the split's tracks).
 fn write_reference(
     path: &Path,
@@ -325,6 +336,7 @@ fn write_reference(
     train: &Embedded,
     calibration: &Embedded,
     per_measure: &[(&str, &HashMap<String, Vec<f64>>)],
+    centroid_distance: &[f64],
     dim: usize,
 ) -> Result<()> {
     let centroids = centroid.centroids().unwrap_or_default();
@@ -374,6 +386,12 @@ fn write_reference(
             ));
         }
     }
+    blobs.push((
+        CENTROID_DISTANCE_TENSOR.into(),
+        Dtype::F64,
+        vec![centroid_distance.len()],
+        le_bytes(centroid_distance, f64::to_le_bytes),
+    ));
     let views = blobs
         .iter()
         .map(|(name, dtype, shape, data)| {
@@ -497,5 +515,15 @@ mod tests {
                 .collect();
             assert!(v.iter().all(|s| (0.0..=1.0).contains(s)), "{key}: {v:?}");
         }
+        // and the centroid distances (squashed into [0, 1), not all on a centroid)
+        let t = st.tensor(CENTROID_DISTANCE_TENSOR).unwrap();
+        assert_eq!(t.shape(), &[90]);
+        let v: Vec<f64> = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert!(v.iter().all(|s| (0.0..1.0).contains(s)), "{v:?}");
+        assert!(v.iter().any(|&s| s > 0.0), "{v:?}");
     }
 }

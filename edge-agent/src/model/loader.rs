@@ -184,6 +184,10 @@ fn predictor_of(b: &VerifiedBundle, ncm: NcmKind, dim: usize) -> Result<Predicto
         m.icp.p_values,
         m.class_names.clone(),
         dim,
+        m.icp
+            .calibration
+            .as_ref()
+            .and_then(|c| c.label_free_scores.as_deref()),
     )?)
 }
 

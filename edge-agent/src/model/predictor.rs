@@ -3,7 +3,9 @@
 
 use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
-use shared::icp::{Calibration, IcpError, IcpPredictor, Ncm, NcmKind, PValueMode};
+use shared::icp::{
+    Calibration, CentroidDistance, IcpError, IcpPredictor, LabelFreeKind, Ncm, NcmKind, PValueMode,
+};
 
 /// Why the conformal predictor could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +45,9 @@ pub struct Answer {
     pub credibility: f64,
     pub confidence: f64,
     pub epsilon: f64,
-    /// The input's label-free score (`Ncm::label_free_score`, in [0, 1]: higher is
-    /// stranger), what the drift monitor tests.
+    /// The input's label-free score (in [0, 1]: higher is stranger), what the drift
+    /// monitor tests: the bundle's kind (`shared::icp::novelty`), the distance to the
+    /// nearest centroid or the min score.
     pub label_free: f64,
     /// With adaptive calibration (`--adaptive aci`): the level the set was cut at,
     /// `{y : p_y > level}`, which ACI moves so that the long-run error rate stays at
@@ -75,9 +78,85 @@ pub struct Predictor {
     icp: IcpPredictor,
     class_names: Vec<String>,
     dim: usize,
-    /// The calibration split's label-free scores (`calibration_label_free.<measure>`);
-    /// `None` for bundles trained before they were written.
-    label_free_calibration: Option<Vec<f64>>,
+    /// The label-free score the drift monitor tests and its calibration scores; `None` for
+    /// bundles trained before they were written.
+    label_free: Option<LabelFree>,
+    /// The other label-free score where the reference file holds it too (not served:
+    /// `edge-agent drift` compares the two).
+    other_label_free: Option<LabelFree>,
+}
+
+/// A label-free score of the bundle: its kind, the calibration split's scores and, for
+/// the centroid distance, the centroids.
+#[derive(Debug)]
+pub struct LabelFree {
+    kind: LabelFreeKind,
+    calibration: Vec<f64>,
+    distance: Option<CentroidDistance>,
+}
+
+impl LabelFree {
+    pub fn kind(&self) -> LabelFreeKind {
+        self.kind
+    }
+
+    /// The calibration split's scores, calibration order.
+    pub fn calibration(&self) -> &[f64] {
+        &self.calibration
+    }
+
+    /// The scores of `n x E` embeddings (the min score through `icp`'s measure).
+    pub fn scores(&self, icp: &IcpPredictor, embeddings: &[f32]) -> Result<Vec<f64>, IcpError> {
+        match &self.distance {
+            Some(d) => d.scores(embeddings),
+            None => icp.ncm().label_free_scores(embeddings),
+        }
+    }
+}
+
+/// Reads the label-free score `kind` (tensor `name`) for `n_cal` calibration examples.
+fn read_label_free(
+    st: &SafeTensors<'_>,
+    file: &str,
+    kind: LabelFreeKind,
+    name: &str,
+    n_cal: usize,
+    dim: usize,
+) -> Result<LabelFree, PredictorError> {
+    let bad = |what: String| PredictorError::Reference {
+        file: file.to_string(),
+        what,
+    };
+    let (_, free) = tensor(st, file, name, Dtype::F64, 1)?;
+    let free = f64s(free);
+    if free.len() != n_cal {
+        return Err(bad(format!(
+            "{name} holds {} scores for {n_cal} calibration examples: one per example expected",
+            free.len(),
+        )));
+    }
+    if let Some(v) = free.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+        return Err(bad(format!(
+            "{name} holds {v}, expected label-free scores in [0, 1]"
+        )));
+    }
+    let distance = match kind {
+        LabelFreeKind::MinScore => None,
+        LabelFreeKind::CentroidDistance => {
+            let (shape, data) = tensor(st, file, "centroids", Dtype::F32, 2)?;
+            if shape.get(1) != Some(&dim) {
+                return Err(bad(format!(
+                    "centroids have shape {shape:?}, embeddings have {dim} values"
+                )));
+            }
+            Some(CentroidDistance::new(f32s(data), dim)?)
+        }
+    };
+    Ok(LabelFree {
+        kind,
+        calibration: free,
+        distance,
+    })
 }
 
 fn tensor<'a>(
@@ -129,7 +208,10 @@ fn u16s(b: &[u8]) -> Vec<u16> {
 
 impl Predictor {
     /// Builds the predictor from the bytes of `reference.safetensors` (`file` names it in
-    /// errors): measure `ncm`, its calibration scores, pooled or Mondrian.
+    /// errors): measure `ncm`, its calibration scores, pooled or Mondrian, and the
+    /// label-free score in tensor `label_free` (the manifest's
+    /// `icp.calibration.label_free_scores`; `None`: the min score if the file has it).
+    #[allow(clippy::too_many_arguments)]
     pub fn from_reference(
         bytes: &[u8],
         file: &str,
@@ -138,6 +220,7 @@ impl Predictor {
         mode: PValueMode,
         class_names: Vec<String>,
         dim: usize,
+        label_free: Option<&str>,
     ) -> Result<Predictor, PredictorError> {
         let bad = |what: String| PredictorError::Reference {
             file: file.to_string(),
@@ -176,31 +259,43 @@ impl Predictor {
         } else {
             Calibration::pooled(&scores, n_classes)?
         };
-        let free_name = format!("calibration_label_free.{}", ncm.key());
-        let label_free_calibration = if st.names().iter().any(|n| **n == free_name) {
-            let (_, free) = tensor(&st, file, &free_name, Dtype::F64, 1)?;
-            let free = f64s(free);
-            if free.len() != scores.len() {
-                return Err(bad(format!(
-                    "{free_name} holds {} scores, {scores_name} {}: one per calibration example expected",
-                    free.len(),
-                    scores.len()
-                )));
-            }
-            if let Some(v) = free.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-                return Err(bad(format!(
-                    "{free_name} holds {v}, expected label-free scores in [0, 1]"
-                )));
-            }
-            Some(free)
+        let key = ncm.key();
+        let free_name =
+            label_free.map_or_else(|| LabelFreeKind::MinScore.tensor(&key), str::to_string);
+        let kind = LabelFreeKind::of_tensor(&free_name, &key).ok_or_else(|| {
+            bad(format!(
+                "label-free scores {free_name:?}: expected {:?} or {:?}",
+                LabelFreeKind::CentroidDistance.tensor(&key),
+                LabelFreeKind::MinScore.tensor(&key)
+            ))
+        })?;
+        let present = st.names().iter().any(|n| **n == free_name);
+        if label_free.is_some() && !present {
+            return Err(bad(format!(
+                "no tensor {free_name:?} (the manifest's label-free scores)"
+            )));
+        }
+        let n_cal = scores.len();
+        let label_free = if present {
+            Some(read_label_free(&st, file, kind, &free_name, n_cal, dim)?)
         } else {
             None
         };
+        // the other kind, for comparison only: a malformed one is left out, not an error
+        let other_label_free = [LabelFreeKind::CentroidDistance, LabelFreeKind::MinScore]
+            .into_iter()
+            .find(|k| *k != kind)
+            .and_then(|k| {
+                let name = k.tensor(&key);
+                st.names().iter().any(|n| **n == name).then_some((k, name))
+            })
+            .and_then(|(k, name)| read_label_free(&st, file, k, &name, n_cal, dim).ok());
         Ok(Predictor {
             icp: IcpPredictor::new(fitted, calibration, mode)?,
             class_names,
             dim,
-            label_free_calibration,
+            label_free,
+            other_label_free,
         })
     }
 
@@ -222,15 +317,40 @@ impl Predictor {
 
     /// The calibration split's label-free scores, if the bundle has them.
     pub fn label_free_calibration(&self) -> Option<&[f64]> {
-        self.label_free_calibration.as_deref()
+        self.label_free.as_ref().map(|l| l.calibration.as_slice())
+    }
+
+    /// Every label-free score the reference file holds, the one the answers carry first.
+    pub fn label_free_variants(&self) -> Vec<&LabelFree> {
+        self.label_free
+            .iter()
+            .chain(self.other_label_free.iter())
+            .collect()
+    }
+
+    /// Which label-free score the answers carry, if the bundle has one.
+    pub fn label_free_kind(&self) -> Option<LabelFreeKind> {
+        self.label_free.as_ref().map(|l| l.kind)
+    }
+
+    /// The centroid-distance score of one embedding when the bundle tests that kind
+    /// (`None` otherwise: the min score comes out of the conformal scoring itself).
+    pub fn centroid_distance(&self, embedding: &[f32]) -> Option<f64> {
+        let d = self.label_free.as_ref()?.distance.as_ref()?;
+        Some(d.score(embedding))
     }
 
     /// Answers for `n x E` embeddings at significance level `epsilon`.
     pub fn answer(&self, embeddings: &[f32], epsilon: f64) -> Result<Vec<Answer>, IcpError> {
         let p = self.icp.predict(embeddings, epsilon)?;
+        let distance = self.label_free.as_ref().and_then(|l| l.distance.as_ref());
         Ok((0..p.len())
             .map(|i| {
                 let pr = p.prediction(i);
+                let label_free = match distance {
+                    Some(d) => d.score(&embeddings[i * self.dim..(i + 1) * self.dim]),
+                    None => pr.label_free,
+                };
                 Answer {
                     labels: pr
                         .set
@@ -242,7 +362,7 @@ impl Predictor {
                     credibility: pr.credibility,
                     confidence: pr.confidence,
                     epsilon,
-                    label_free: pr.label_free,
+                    label_free,
                     level: None,
                 }
             })

@@ -1,8 +1,8 @@
 //! Drift without labels: is the device still seeing inputs like the calibration inputs?
 //!
-//! Every answer carries a label-free score (`shared::icp::Ncm::label_free_score`: the
-//! nonconformity of its most conforming class, so "how unlike any class" the embedding
-//! is). The bundle stores the same score for every calibration example. Each answer's score
+//! Every answer carries a label-free score (`shared::icp::novelty`: the distance of its
+//! embedding to the nearest class centroid, or in older bundles the nonconformity of its
+//! most conforming class). The bundle stores the same score for every calibration example. Each answer's score
 //! gets a smoothed conformal p-value against the calibration scores and every earlier
 //! answer's, and a conformal test martingale bets on those p-values
 //! (`shared::icp::martingale::ExchangeabilityTest`, a change-point mixture so that it still
@@ -35,6 +35,10 @@ pub struct DriftSnapshot {
     pub available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Which label-free score is tested (`centroid_distance` or `min_score`,
+    /// `shared::icp::novelty`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<&'static str>,
     /// Calibration examples the answers are compared with.
     pub calibration: usize,
     /// Mean label-free score of the calibration examples.
@@ -66,6 +70,7 @@ struct State {
 /// The label-free drift monitor of one model.
 pub struct InputMonitor {
     model_id: String,
+    score: Option<&'static str>,
     delta: f64,
     log_alarm: bool,
     /// What a reset starts from (`None`: not available).
@@ -101,6 +106,7 @@ impl InputMonitor {
             .unwrap_or(0.0);
         InputMonitor {
             model_id: model_id.to_string(),
+            score: None,
             delta,
             log_alarm,
             state: Mutex::new(State {
@@ -116,6 +122,12 @@ impl InputMonitor {
             calibration,
             calibration_mean,
         }
+    }
+
+    /// Names the score under test in the snapshots (`LabelFreeKind::name`).
+    pub fn with_score(mut self, name: &'static str) -> InputMonitor {
+        self.score = Some(name);
+        self
     }
 
     pub fn model_id(&self) -> &str {
@@ -154,7 +166,7 @@ impl InputMonitor {
             tracing::warn!(
                 model_id = %self.model_id,
                 after = test.alarm_after(),
-                martingale = test.martingale.log_value().exp(),
+                martingale = test.log_value().exp(),
                 threshold = 1.0 / self.delta,
                 "drift: the label-free test martingale crossed 1/delta: the inputs no longer look like the calibration inputs (no labels needed)"
             );
@@ -182,18 +194,15 @@ impl InputMonitor {
     }
 
     fn snapshot_of(&self, s: &State) -> DriftSnapshot {
-        let log_m = s
-            .test
-            .as_ref()
-            .map(|t| t.martingale.log_value())
-            .unwrap_or(0.0);
+        let log_m = s.test.as_ref().map(|t| t.log_value()).unwrap_or(0.0);
         let alarm_after = s.test.as_ref().and_then(|t| t.alarm_after());
         DriftSnapshot {
             model_id: self.model_id.clone(),
             available: self.calibration.is_some(),
             note: self.calibration.is_none().then(|| {
-                "the bundle has no label-free calibration scores (calibration_label_free.<measure> in reference.safetensors): retrain to enable the label-free drift monitor".to_string()
+                "the bundle has no label-free calibration scores (calibration_centroid_distance or calibration_label_free.<measure> in reference.safetensors): retrain to enable the label-free drift monitor".to_string()
             }),
+            score: self.score,
             calibration: self.calibration.as_ref().map_or(0, |c| c.len()),
             calibration_mean_score: self.calibration_mean,
             answers: s.answers,

@@ -202,6 +202,9 @@ impl Monitor {
             m.cfg.seed,
             m.cfg.log_alarm,
         );
+        if let Some(kind) = model.predictor.label_free_kind() {
+            m.inputs = m.inputs.with_score(kind.name());
+        }
         m.adaptive = m
             .cfg
             .adaptive

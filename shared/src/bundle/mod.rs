@@ -170,8 +170,10 @@ pub struct CalibrationInfo {
     pub grouped_by: String,
     /// Distinct groups among the calibration examples.
     pub groups: u64,
-    /// Tensor in the reference file with every calibration example's label-free score
-    /// (`calibration_label_free.<measure>`: the label-free drift monitor's reference).
+    /// Tensor in the reference file with every calibration example's label-free score:
+    /// the label-free drift monitor's reference, and which score it tests
+    /// (`calibration_centroid_distance`, or `calibration_label_free.<measure>` for the
+    /// min-score kind of earlier bundles; see `shared::icp::novelty`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_free_scores: Option<String>,
 }

@@ -85,6 +85,10 @@ fn reference_file() -> Vec<u8> {
             "calibration_label_free.nearest_centroid",
             TensorView::new(safetensors::Dtype::F64, vec![N_CAL], &s).unwrap(),
         ),
+        (
+            "calibration_centroid_distance",
+            TensorView::new(safetensors::Dtype::F64, vec![N_CAL], &s).unwrap(),
+        ),
     ];
     safetensors::serialize(views, None).unwrap()
 }
@@ -448,6 +452,15 @@ fn signed_manifests_that_say_impossible_things_are_refused() {
     })
     .unwrap();
     assert_eq!(grouped.manifest.icp.calibration.map(|c| c.groups), Some(2));
+    // or the centroid distances, the exporter's first choice
+    fresh(&|m| {
+        m.icp.calibration = Some(CalibrationInfo {
+            grouped_by: "track".into(),
+            groups: 2,
+            label_free_scores: Some("calibration_centroid_distance".into()),
+        })
+    })
+    .unwrap();
     let cases: Vec<(&str, Edit)> = vec![
         ("golden.tolerance", Box::new(|m| m.golden.tolerance = 1e30)),
         ("golden.tolerance", Box::new(|m| m.golden.tolerance = 0.0)),
@@ -488,6 +501,16 @@ fn signed_manifests_that_say_impossible_things_are_refused() {
                     grouped_by: "track".into(),
                     groups: 1,
                     label_free_scores: Some("calibration_label_free.knn40".into()),
+                })
+            }),
+        ),
+        (
+            "icp.calibration.label_free_scores",
+            Box::new(|m| {
+                m.icp.calibration = Some(CalibrationInfo {
+                    grouped_by: "track".into(),
+                    groups: 1,
+                    label_free_scores: Some("centroids".into()),
                 })
             }),
         ),

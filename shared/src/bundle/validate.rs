@@ -372,18 +372,22 @@ pub fn validate<'a>(
             ));
         }
         if let Some(free) = &c.label_free_scores {
-            let want = format!("calibration_label_free.{}", icp.ncm.key());
-            if *free != want {
+            let key = icp.ncm.key();
+            if crate::icp::LabelFreeKind::of_tensor(free, &key).is_none() {
                 return Err(bad(
                     "icp.calibration.label_free_scores",
-                    format!("is {free:?}, the label-free scores of icp.ncm are {want:?}"),
+                    format!(
+                        "is {free:?}, expected {:?} or {:?} (the label-free scores of icp.ncm)",
+                        crate::icp::LabelFreeKind::CentroidDistance.tensor(&key),
+                        crate::icp::LabelFreeKind::MinScore.tensor(&key),
+                    ),
                 ));
             }
-            let shape = need(&want, Dtype::F64, "icp.calibration.label_free_scores")?;
+            let shape = need(free, Dtype::F64, "icp.calibration.label_free_scores")?;
             if shape != [n_cal] {
                 return Err(bad(
                     "icp.calibration.label_free_scores",
-                    format!("{rname}: {want:?} has shape {shape:?}, expected [{n_cal}] (one per calibration score)"),
+                    format!("{rname}: {free:?} has shape {shape:?}, expected [{n_cal}] (one per calibration score)"),
                 ));
             }
         }
@@ -479,6 +483,17 @@ pub fn validate<'a>(
                 ));
             }
         }
+    }
+    let centroid_distance = icp
+        .calibration
+        .as_ref()
+        .and_then(|c| c.label_free_scores.as_deref())
+        .is_some_and(|t| t == crate::icp::novelty::CENTROID_DISTANCE_TENSOR);
+    if centroid_distance && centroids.is_none() {
+        return Err(bad(
+            "icp.calibration.label_free_scores",
+            format!("the centroid-distance drift score needs centroids in {rname}"),
+        ));
     }
     let needs = match icp.ncm {
         NcmKind::NearestCentroid => centroids.is_some(),

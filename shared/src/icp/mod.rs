@@ -28,6 +28,7 @@ mod distance;
 pub mod martingale;
 mod metrics;
 mod ncm;
+pub mod novelty;
 pub(crate) mod simd;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,7 @@ pub use metrics::{
     default_epsilon_grid, epsilon_grid, evaluate, ClassErrors, EpsilonRow, IcpEvaluation,
 };
 pub use ncm::{distance_ratio, Ncm, NcmKind};
+pub use novelty::{CentroidDistance, LabelFreeKind};
 
 pub(crate) use distance::gram;
 
