@@ -256,6 +256,17 @@ fn exchangeable_streams(variants: &[&LabelFree], a: &DriftArgs) -> Vec<serde_jso
         .collect()
 }
 
+/// One label-free score's figures over a shift's streams.
+struct FreeRow {
+    alarms: usize,
+    /// Inputs to the alarm, median and max over the streams that alarmed.
+    median: Option<u64>,
+    max: Option<u64>,
+    /// Mean score of the shift's images and of the calibration examples.
+    mean: f64,
+    calibration_mean: f64,
+}
+
 fn median(v: &mut [u64]) -> Option<u64> {
     v.sort_unstable();
     v.get(v.len() / 2).copied()
@@ -383,21 +394,20 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
             })
         };
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        // per label-free score: (alarms, median, max, stream mean score, calibration mean)
-        let free_rows: Vec<(usize, Option<u64>, Option<u64>, f64, f64)> = free_needed
+        let free_rows: Vec<FreeRow> = free_needed
             .iter_mut()
             .zip(&variants)
             .zip(&sc.free)
             .map(|((got, v), free)| {
                 let stream: Vec<f64> = m.iter().map(|&i| free[i]).collect();
                 let max = got.iter().copied().max();
-                (
-                    got.len(),
-                    median(got),
+                FreeRow {
+                    alarms: got.len(),
+                    median: median(got),
                     max,
-                    mean(&stream),
-                    mean(v.calibration()),
-                )
+                    mean: mean(&stream),
+                    calibration_mean: mean(v.calibration()),
+                }
             })
             .collect();
         if !a.json {
@@ -406,13 +416,16 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
                 shift.name(),
                 m.len(),
             );
-            for (v, (alarms, med, max, mean, cal_mean)) in variants.iter().zip(&free_rows) {
+            for (v, r) in variants.iter().zip(&free_rows) {
                 eprintln!(
-                    "{:>11}  label-free ({}) alarm in {alarms} of {} streams of {n} inputs{} (mean score {mean:.4}, calibration {cal_mean:.4})",
+                    "{:>11}  label-free ({}) alarm in {} of {} streams of {n} inputs{} (mean score {:.4}, calibration {:.4})",
                     "",
                     v.kind().name(),
+                    r.alarms,
                     a.streams,
-                    per(*med, *max, "inputs")
+                    per(r.median, r.max, "inputs"),
+                    r.mean,
+                    r.calibration_mean
                 );
             }
             eprintln!(
@@ -448,21 +461,21 @@ pub fn run(a: &DriftArgs, resolve: impl Fn(&ModelArgs) -> Result<Resolved>) -> R
         let free_json: Vec<_> = variants
             .iter()
             .zip(&free_rows)
-            .map(|(v, (alarms, med, max, mean, cal_mean))| {
+            .map(|(v, r)| {
                 json!({
                     "score": v.kind().name(),
-                    "alarms": alarms,
-                    "alarm_rate": *alarms as f64 / a.streams.max(1) as f64,
-                    "median_inputs_to_alarm": med,
-                    "max_inputs_to_alarm": max,
-                    "mean_score": mean,
-                    "calibration_mean_score": cal_mean,
+                    "alarms": r.alarms,
+                    "alarm_rate": r.alarms as f64 / a.streams.max(1) as f64,
+                    "median_inputs_to_alarm": r.median,
+                    "max_inputs_to_alarm": r.max,
+                    "mean_score": r.mean,
+                    "calibration_mean_score": r.calibration_mean,
                 })
             })
             .collect();
         let (free_alarms, free_med, free_max) = free_rows
             .first()
-            .map_or((0, None, None), |r| (r.0, r.1, r.2));
+            .map_or((0, None, None), |r| (r.alarms, r.median, r.max));
         rows.push(json!({
             "shift": shift.name(),
             "images": m.len(),

@@ -11,6 +11,8 @@ mod broker;
 mod common;
 #[path = "common/device.rs"]
 mod device;
+#[path = "common/port.rs"]
+mod port;
 #[path = "common/s3.rs"]
 mod s3;
 

@@ -4,6 +4,8 @@
 //! little or a full disk), each checked for what was fetched and what was left behind.
 
 mod common;
+#[path = "common/port.rs"]
+mod port;
 #[path = "common/s3.rs"]
 mod s3;
 

@@ -11,6 +11,8 @@ mod common;
 mod device;
 #[path = "common/pki.rs"]
 mod pki;
+#[path = "common/port.rs"]
+mod port;
 #[path = "common/s3.rs"]
 mod s3;
 

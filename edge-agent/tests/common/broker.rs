@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "port.rs"]
-mod port;
-use port::free_port;
+// every test file that includes this one declares `mod port` (common/port.rs)
+use super::port::free_port;
 
 fn mosquitto() -> PathBuf {
     ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]

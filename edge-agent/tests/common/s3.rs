@@ -28,9 +28,8 @@ impl Drop for S3sFs {
     }
 }
 
-#[path = "port.rs"]
-mod port;
-use port::free_port;
+// every test file that includes this one declares `mod port` (common/port.rs)
+use super::port::free_port;
 
 /// The s3s-fs binary: `EDGECP_S3S_FS`, or where scripts/test.sh caches it.
 pub fn binary() -> PathBuf {

@@ -65,7 +65,7 @@ pub struct CentroidDistance {
 impl CentroidDistance {
     /// `centroids` is `C x dim`, row-major, finite, with at least one row.
     pub fn new(centroids: Vec<f32>, dim: usize) -> Result<CentroidDistance, IcpError> {
-        if dim == 0 || centroids.is_empty() || centroids.len() % dim != 0 {
+        if dim == 0 || centroids.is_empty() || !centroids.len().is_multiple_of(dim) {
             return Err(IcpError::Shape {
                 what: "centroids (a non-empty multiple of the embedding size)",
                 expected: dim.max(1) * (centroids.len() / dim.max(1)).max(1),
@@ -105,7 +105,7 @@ impl CentroidDistance {
 
     /// The scores of `n x dim` embeddings.
     pub fn scores(&self, embeddings: &[f32]) -> Result<Vec<f64>, IcpError> {
-        if embeddings.len() % self.dim != 0 {
+        if !embeddings.len().is_multiple_of(self.dim) {
             return Err(IcpError::Shape {
                 what: "embeddings (rows of the embedding size)",
                 expected: embeddings.len().div_ceil(self.dim) * self.dim,
