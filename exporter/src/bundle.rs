@@ -75,7 +75,7 @@ fn calibration_info(reference: &[u8], ncm: NcmKind) -> Result<Option<Calibration
     // the centroid distance where the trainer wrote it (it sees capture conditions that
     // leave the min-score ratio unmoved: docs/AGENT.md), else the older min score
     let key = ncm.key();
-    let free = [LabelFreeKind::CentroidDistance, LabelFreeKind::MinScore]
+    let free = LabelFreeKind::ALL
         .into_iter()
         .map(|k| k.tensor(&key))
         .find(|t| st.tensor(t).is_ok());

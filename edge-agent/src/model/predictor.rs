@@ -282,7 +282,7 @@ impl Predictor {
             None
         };
         // the other kind, for comparison only: a malformed one is left out, not an error
-        let other_label_free = [LabelFreeKind::CentroidDistance, LabelFreeKind::MinScore]
+        let other_label_free = LabelFreeKind::ALL
             .into_iter()
             .find(|k| *k != kind)
             .and_then(|k| {

@@ -31,6 +31,9 @@ pub enum LabelFreeKind {
 }
 
 impl LabelFreeKind {
+    /// Every kind, in the exporter's order of preference.
+    pub const ALL: [LabelFreeKind; 2] = [LabelFreeKind::CentroidDistance, LabelFreeKind::MinScore];
+
     /// Short name, as `/v1/model` and the logs show it.
     pub fn name(self) -> &'static str {
         match self {
@@ -49,7 +52,7 @@ impl LabelFreeKind {
 
     /// The kind whose tensor under `ncm_key` is `name`, if any.
     pub fn of_tensor(name: &str, ncm_key: &str) -> Option<LabelFreeKind> {
-        [LabelFreeKind::CentroidDistance, LabelFreeKind::MinScore]
+        LabelFreeKind::ALL
             .into_iter()
             .find(|k| k.tensor(ncm_key) == name)
     }
